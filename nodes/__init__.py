@@ -1,0 +1,16 @@
+"""ComfyUI adapters: node schemas and the guider. The math lives in `guiders/`."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .guider import SteerGuider
+
+
+class SteerExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [SteerGuider]
+
+
+async def comfy_entrypoint() -> SteerExtension:
+    return SteerExtension()

@@ -1,0 +1,45 @@
+"""SteerGuider: a GUIDER for SamplerCustomAdvanced whose guidance is Steer's engine."""
+
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.v0_0_2 import io
+
+from .predict import predict
+
+
+class SteerCFGGuider(comfy.samplers.CFGGuider):
+    """Core CFGGuider with `predict_noise` routed through Steer's engine; the rest (conds, wrappers) is core's."""
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
+        return predict(self.inner_model, x, timestep, self.conds.get("positive"), self.conds.get("negative"),
+                       self.cfg, model_options, seed)
+
+
+class SteerGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SteerGuider",
+            display_name="Steer Guider",
+            category="sampling/steer",
+            description="Classifier-free guidance in one batched model call per step, driven by Steer's engine. "
+                        "Plug into SamplerCustomAdvanced.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model; Steer patches applied to it take effect here."),
+                io.Conditioning.Input("positive", tooltip="What the image should show (the cond branch)."),
+                io.Conditioning.Input("negative", tooltip="What to steer away from (the uncond branch); "
+                                      "an empty prompt gives plain classifier-free guidance."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Guidance scale s in D = D_neg + s·(D_pos − D_neg). 1.0 = no guidance "
+                                       "(the negative is not computed at all), typical 4–8 for SD1.5/SDXL."),
+            ],
+            outputs=[io.Guider.Output(tooltip="A guider for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg: float) -> io.NodeOutput:
+        guider = SteerCFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        return io.NodeOutput(guider)

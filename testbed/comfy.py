@@ -1,0 +1,37 @@
+"""Where the test bed's ComfyUI lives, and how to import it in-process on a CPU-only machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTBED = ROOT / ".testbed"
+BASE = TESTBED / "base"  # isolated --base-directory: models/, custom_nodes/, input/, output/, user/
+MODELS = BASE / "models"
+
+
+def comfyui_path() -> Path:
+    """The ComfyUI in use: $COMFYUI_PATH if set, else the one scripts/setup.sh prepared."""
+    if os.environ.get("COMFYUI_PATH"):
+        return Path(os.environ["COMFYUI_PATH"]).resolve()
+    recorded = TESTBED / "comfyui_path"
+    if not recorded.exists():
+        raise RuntimeError("no ComfyUI prepared: run scripts/setup.sh first")
+    return Path(recorded.read_text().strip())
+
+
+def import_comfy() -> Path:
+    """Put ComfyUI on sys.path with CPU-only arguments; must run before anything imports comfy.model_management."""
+    path = comfyui_path()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+
+    args.cpu = True  # the CUDA build of torch raises "Found no NVIDIA driver" otherwise
+    args.base_directory = str(BASE)
+    return path
