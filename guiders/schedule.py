@@ -1,0 +1,77 @@
+"""Time-varying guidance scale — Wang et al., "Analysis of Classifier-Free Guidance Weight Schedulers",
+https://arxiv.org/abs/2404.13040 (monotonically increasing schedules, low guidance at high noise, help).
+
+Progress is `p = i / (N − 1)` on the run's own schedule of N steps, so the first step has p = 0, the last p = 1,
+whatever the denoise, shift or scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+CURVES = ("constant", "linear_down", "linear_up", "cosine_down", "cosine_up", "step_down", "step_up",
+          "power_down", "power_up", "custom")
+
+
+def progress(step: int, steps: int) -> float:
+    """Sampling progress of step `step` (0-based) of `steps`: 0 at the first step, 1 at the last."""
+    return step / (steps - 1) if steps > 1 else 0.0
+
+
+def curve_weight(curve: str, p: float, switch_at: float = 0.5, exponent: float = 2.0) -> float:
+    """f(p) ∈ [0, 1]: the share of (cfg − cfg_min) applied at progress p."""
+    if curve == "constant":
+        return 1.0
+    if curve == "linear_down":
+        return 1.0 - p
+    if curve == "linear_up":
+        return p
+    if curve == "cosine_down":
+        return (1.0 + math.cos(math.pi * p)) / 2.0
+    if curve == "cosine_up":
+        return (1.0 - math.cos(math.pi * p)) / 2.0
+    if curve == "step_down":
+        return 1.0 if p < switch_at else 0.0
+    if curve == "step_up":
+        return 0.0 if p < switch_at else 1.0
+    if curve == "power_down":
+        return 1.0 - p**exponent
+    if curve == "power_up":
+        return p**exponent
+    raise ValueError(f"unknown curve {curve!r}; expected one of {', '.join(CURVES)}")
+
+
+def parse_custom(text: str) -> tuple[float, ...]:
+    """Per-step scales from text such as "12, 10, 8, 5" (commas and/or whitespace between values)."""
+    values = []
+    for position, token in enumerate((t for t in re.split(r"[\s,;]+", text.strip()) if t), start=1):
+        try:
+            value = float(token)
+        except ValueError:
+            raise ValueError(f"value {position} ({token!r}) is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"value {position} ({token!r}) must be a finite scale ≥ 0")
+        values.append(value)
+    if not values:
+        raise ValueError("no scales given; write one scale per step, e.g. \"12, 10, 8, 5\"")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class ScaleSchedule:
+    """`s(p) = cfg_min + (cfg − cfg_min)·f(p)`, or absolute per-step scales for `custom` (the last one holds)."""
+
+    curve: str = "constant"
+    cfg_min: float = 1.0
+    switch_at: float = 0.5
+    exponent: float = 2.0
+    custom: tuple[float, ...] = ()
+
+    def scale(self, cfg: float, step: int, steps: int) -> float:
+        if self.curve == "custom":
+            return self.custom[min(step, len(self.custom) - 1)]
+        f = curve_weight(self.curve, progress(step, steps), self.switch_at, self.exponent)
+        # Written as a blend so that f = 1 gives cfg and f = 0 gives cfg_min exactly (the endpoints are exact).
+        return cfg * f + self.cfg_min * (1.0 - f)
