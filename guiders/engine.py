@@ -1,26 +1,136 @@
 """The step engine: which branches one model evaluation needs, and how their x0 predictions combine.
 
-Branches are the model inputs of one evaluation: the cond always; the uncond only where guidance changes the
-result. Combination order (documented once, applied everywhere): CFG at the step's scale.
+A `Recipe` is the immutable set of guidance components on a model. For each evaluation `plan` decides
+  - the scale: the sampler's / guider's cfg, or the scheduled one;
+  - which samples are guided: CFG-skip can leave steps (or, adaptively, samples) conditional-only;
+  - which branches to compute: the cond always; the uncond and extra negatives only if some sample is guided and
+    guidance changes something (scale ≠ 1, or extra negatives present).
+`combine` then applies the components in one fixed order:
+  1. CFG at the step's scale: `D = D_u + s·(D_c − D_u)` (or a foreign CFG function, at the same scale);
+  2. extra negatives: `D −= w·(D_n − D_u)` or its part orthogonal to `D_c − D_u`;
+  3. dynamic thresholding of D (latent: towards the spread of CFG at the mimic scale; imagen: percentile clamp);
+  4. unguided samples take `D_c` exactly.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
 from .cfg import cfg
+from .negatives import ExtraNegative, negative_direction
+from .schedule import ScaleSchedule
+from .skip import CFGSkip, noise_cosine
+from .steps import StepTracker
+from .threshold import DynamicThreshold, imagen_threshold, mimic_threshold
+
+CFGRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The guidance components on a model. Each patch node sets one slot (negatives accumulate)."""
+
+    schedule: ScaleSchedule | None = None
+    threshold: DynamicThreshold | None = None
+    skip: CFGSkip | None = None
+    negatives: tuple[ExtraNegative, ...] = ()
+
+    def adding(self, component: ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative) -> Recipe:
+        if isinstance(component, ExtraNegative):
+            return replace(self, negatives=(*self.negatives, component))
+        slot = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip"}[type(component)]
+        return replace(self, **{slot: component})
+
+
+@dataclass
+class RunState:
+    """What one sampling run remembers between evaluations: its steps and the adaptive skip's switches."""
+
+    tracker: StepTracker
+    switched_at: torch.Tensor | None = None  # per sample: first step that is conditional-only (adaptive skip)
+
+
+@dataclass(frozen=True)
+class Plan:
+    step: int
+    scale: float
+    guided: torch.Tensor  # bool per sample
+    with_uncond: bool
+    with_negatives: bool
 
 
 def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
-    """Whether the uncond branch must be computed: not at scale 1, where CFG collapses to the cond.
+    """Whether the uncond changes the result at `scale`: not at 1, where CFG collapses to the cond.
 
     `keep_uncond` forces it (ComfyUI's `disable_cfg1_optimization`, set by samplers that renoise with the uncond).
     """
     return keep_uncond or not math.isclose(scale, 1.0)
 
 
-def combine(denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """The guided x0 of one evaluation from its branch outputs."""
-    return cfg(denoised_cond, denoised_uncond, scale)
+def new_run(schedule: Sequence[float], corrector: bool = False) -> RunState:
+    return RunState(StepTracker(schedule, corrector))
+
+
+def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: int,
+         keep_uncond: bool = False, has_uncond: bool = True) -> Plan:
+    """Decide the scale, the guided samples and the branches of one evaluation at `sigma`.
+
+    `has_uncond` is False where there is no negative to guide against (BasicGuider): every step is cond-only.
+    """
+    tracker = run.tracker
+    step = tracker.step(sigma)
+    scale = recipe.schedule.scale(cfg_scale, step, tracker.steps) if recipe.schedule else cfg_scale
+    guided = torch.ones(batch, dtype=torch.bool)
+    if recipe.skip is not None:
+        if recipe.skip.mode == "adaptive":
+            if run.switched_at is None or run.switched_at.shape[0] != batch:
+                run.switched_at = torch.full((batch,), tracker.steps, dtype=torch.long)
+            guided = run.switched_at > step
+        elif not recipe.skip.guides_step(step, tracker.steps, tracker.schedule[step]):
+            guided = torch.zeros(batch, dtype=torch.bool)
+    with_negatives = bool(recipe.negatives)
+    with_uncond = has_uncond and bool(guided.any()) and (with_negatives or needs_uncond(scale, keep_uncond))
+    if not with_uncond:
+        guided = torch.zeros(batch, dtype=torch.bool)
+    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond)
+
+
+def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
+            denoised_uncond: torch.Tensor) -> None:
+    """Adaptive skip: samples whose cond and uncond agree (cos ≥ γ̄) are conditional-only from the next step on."""
+    if recipe.skip is None or recipe.skip.mode != "adaptive" or not step_plan.with_uncond:
+        return
+    agree = (noise_cosine(x, denoised_cond, denoised_uncond) >= recipe.skip.threshold).cpu() & step_plan.guided
+    run.switched_at = torch.where(agree, torch.minimum(run.switched_at, torch.tensor(step_plan.step + 1)),
+                                  run.switched_at)
+
+
+def stand_in(step_plan: Plan, denoised_cond: torch.Tensor, denoised_other: torch.Tensor) -> torch.Tensor:
+    """The branch output with the cond standing in for unguided samples (so CFG there returns D_c exactly)."""
+    if bool(step_plan.guided.all()):
+        return denoised_other
+    mask = step_plan.guided.to(denoised_cond.device).view(-1, *([1] * (denoised_cond.ndim - 1)))
+    return torch.where(mask, denoised_other, denoised_cond)
+
+
+def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
+            denoised_negatives: Sequence[torch.Tensor] = (), cfg_rule: CFGRule = cfg) -> torch.Tensor:
+    """The guided x0 of one evaluation, in the documented order. `denoised_uncond` already has stand-ins."""
+    if not step_plan.with_uncond:
+        return denoised_cond
+    scale = step_plan.scale
+    guided = cfg_rule(denoised_cond, denoised_uncond, scale)
+    for negative, denoised_negative in zip(recipe.negatives, denoised_negatives, strict=True):
+        direction = negative_direction(denoised_negative, denoised_uncond, denoised_cond, negative.mode)
+        guided = guided - negative.scale * direction
+    if recipe.threshold is not None:
+        if recipe.threshold.mode == "imagen":
+            guided = imagen_threshold(guided, recipe.threshold.threshold_percentile)
+        else:
+            mimic = cfg(denoised_cond, denoised_uncond, recipe.threshold.mimic_scale)
+            guided = mimic_threshold(guided, mimic, recipe.threshold)
+    return stand_in(step_plan, denoised_cond, guided)

@@ -1,19 +1,15 @@
-"""SteerGuider: a GUIDER for SamplerCustomAdvanced whose guidance is Steer's engine."""
+"""SteerGuider: a GUIDER for SamplerCustomAdvanced whose guidance is Steer's engine.
+
+It is core's CFGGuider over the model with Steer's wrappers installed — the same code KSampler runs with Steer
+patches, so both doors give identical latents by construction.
+"""
 
 from __future__ import annotations
 
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
-from .predict import predict
-
-
-class SteerCFGGuider(comfy.samplers.CFGGuider):
-    """Core CFGGuider with `predict_noise` routed through Steer's engine; the rest (conds, wrappers) is core's."""
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
-        return predict(self.inner_model, x, timestep, self.conds.get("positive"), self.conds.get("negative"),
-                       self.cfg, model_options, seed)
+from .hooks import with_steer
 
 
 class SteerGuider(io.ComfyNode):
@@ -39,7 +35,7 @@ class SteerGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg: float) -> io.NodeOutput:
-        guider = SteerCFGGuider(model)
+        guider = comfy.samplers.CFGGuider(with_steer(model))
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return io.NodeOutput(guider)

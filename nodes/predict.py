@@ -1,11 +1,15 @@
 """One model evaluation under Steer: ComfyUI's `sampling_function` protocol with the engine doing the guidance.
 
 Kept hook for hook with comfy.samplers.sampling_function (0.3.75) so other packs' patches and core's CFG++
-samplers behave exactly as under core CFG: the calc-cond-batch slot, pre-CFG hooks, the CFG-function slot and
-post-CFG hooks run with the same arguments, in the same order.
+samplers behave as under core CFG: the calc-cond-batch slot, pre-CFG hooks, the CFG-function slot (called at the
+step's scale) and post-CFG hooks run with the same arguments, in the same order. Differences, all deliberate: the
+branches are the engine's plan (extra negatives in the same call, no uncond on skipped steps), and where the uncond is
+not computed the cond stands in for it instead of core's all-zero placeholder.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from comfy.samplers import calc_cond_batch
@@ -13,46 +17,45 @@ from comfy.samplers import calc_cond_batch
 from ..guiders import engine
 
 
-def predict(
-    model,
-    x: torch.Tensor,
-    sigma: torch.Tensor,
-    positive: list | None,
-    negative: list | None,
-    scale: float,
-    model_options: dict,
-    seed: int | None = None,
-) -> torch.Tensor:
-    """The guided x0 for input `x` at `sigma` (ComfyUI passes sigma as "timestep")."""
-    with_uncond = engine.needs_uncond(scale, model_options.get("disable_cfg1_optimization", False))
-    uncond = negative if with_uncond else None
+def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: Callable[[int], str],
+            x: torch.Tensor, sigma: torch.Tensor, model_options: dict, seed: int | None = None) -> torch.Tensor:
+    """The guided x0 for input `x` at `sigma` (ComfyUI passes sigma as "timestep") for a CFGGuider's conds."""
+    model = guider.inner_model
+    positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
+    step = engine.plan(recipe, run, guider.cfg, float(sigma.max()), x.shape[0],
+                       keep_uncond=model_options.get("disable_cfg1_optimization", False),
+                       has_uncond=negative is not None)
+    uncond = negative if step.with_uncond else None
     conds = [positive, uncond]
+    extra = [guider.conds[negative_key(i)] for i in range(len(recipe.negatives))] if step.with_negatives else []
+
     if "sampler_calc_cond_batch_function" in model_options:
-        args = {"conds": conds, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
-        out = model_options["sampler_calc_cond_batch_function"](args)
+        args = {"conds": conds + extra, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
+        out = list(model_options["sampler_calc_cond_batch_function"](args))
     else:
-        out = calc_cond_batch(model, conds, x, sigma, model_options)
-    if uncond is None:
-        # The cond stands in for the skipped uncond: CFG then returns the cond exactly, and hooks that read
-        # uncond_denoised see the model's prediction instead of core's all-zero placeholder.
-        out[1] = out[0]
+        out = calc_cond_batch(model, conds + extra, x, sigma, model_options)
+    out, denoised_negatives = out[:2], out[2:]
+    if step.with_uncond:
+        engine.observe(recipe, run, step, x, out[0], out[1])
+    out[1] = engine.stand_in(step, out[0], out[1])
 
     for fn in model_options.get("sampler_pre_cfg_function", []):
-        args = {"conds": conds, "conds_out": out, "cond_scale": scale, "timestep": sigma,
+        args = {"conds": conds, "conds_out": out, "cond_scale": step.scale, "timestep": sigma,
                 "input": x, "sigma": sigma, "model": model, "model_options": model_options}
         out = fn(args)
     denoised_cond, denoised_uncond = out[0], out[1]
 
+    cfg_rule = engine.cfg
     if "sampler_cfg_function" in model_options:
-        args = {"cond": x - denoised_cond, "uncond": x - denoised_uncond, "cond_scale": scale, "timestep": sigma,
-                "input": x, "sigma": sigma, "cond_denoised": denoised_cond, "uncond_denoised": denoised_uncond,
-                "model": model, "model_options": model_options, "input_cond": positive, "input_uncond": uncond}
-        denoised = x - model_options["sampler_cfg_function"](args)
-    else:
-        denoised = engine.combine(denoised_cond, denoised_uncond, scale)
+        def cfg_rule(cond_x0: torch.Tensor, uncond_x0: torch.Tensor, scale: float) -> torch.Tensor:
+            args = {"cond": x - cond_x0, "uncond": x - uncond_x0, "cond_scale": scale, "timestep": sigma,
+                    "input": x, "sigma": sigma, "cond_denoised": cond_x0, "uncond_denoised": uncond_x0,
+                    "model": model, "model_options": model_options, "input_cond": positive, "input_uncond": uncond}
+            return x - model_options["sampler_cfg_function"](args)
+    denoised = engine.combine(recipe, step, denoised_cond, denoised_uncond, denoised_negatives, cfg_rule)
 
     for fn in model_options.get("sampler_post_cfg_function", []):
-        args = {"denoised": denoised, "cond": positive, "uncond": uncond, "cond_scale": scale, "model": model,
+        args = {"denoised": denoised, "cond": positive, "uncond": uncond, "cond_scale": step.scale, "model": model,
                 "uncond_denoised": denoised_uncond, "cond_denoised": denoised_cond, "sigma": sigma,
                 "model_options": model_options, "input": x}
         denoised = fn(args)

@@ -67,7 +67,8 @@ def inprocess_bed(steer: ModuleType) -> Bed:
 def sd15_bed(steer: ModuleType) -> Bed:
     import comfy.sd
 
-    model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(MODELS / "checkpoints" / "steer_tiny_sd15.safetensors"))
+    checkpoint = MODELS / "checkpoints" / "steer_tiny_sd15.safetensors"
+    model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint))
     return Bed(model, _encode(clip, POSITIVE_PROMPT), _encode(clip, NEGATIVE_PROMPT), channels=4)
 
 

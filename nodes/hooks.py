@@ -1,0 +1,85 @@
+"""Steer inside ComfyUI's sampling: the recipe in `model_options`, and three wrappers that carry it out.
+
+Patch nodes put a `Recipe` into the model's options and install the wrappers once; both doors (KSampler's core
+CFGGuider and SteerGuider) then run the same code. Wrappers chain (ComfyUI's WrappersMP), so nothing of ComfyUI or
+of other packs is replaced:
+  - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond;
+  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches) in this run's own model_options;
+  - PREDICT_NOISE: runs each evaluation through `predict`, keeping every wrapper registered inside ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import comfy.k_diffusion.sampling as k_sampling
+import comfy.samplers
+from comfy.patcher_extension import WrapperExecutor, WrappersMP
+from comfy.sampler_helpers import convert_cond
+
+from ..guiders.engine import Recipe, new_run
+from .predict import predict
+
+KEY = "steer"
+RECIPE = "steer_recipe"
+RUN = "steer_run"
+
+# Samplers that evaluate the end of step i at sigma s_{i+1} before step i+1 evaluates there again.
+CORRECTOR_SAMPLERS = (k_sampling.sample_heun, k_sampling.sample_heunpp2)
+
+
+def recipe_of(model_options: dict) -> Recipe:
+    return model_options.get(RECIPE) or Recipe()
+
+
+def negative_key(index: int) -> str:
+    return f"steer_negative_{index}"
+
+
+def with_steer(model, component=None):
+    """A clone of `model` (a ModelPatcher) with Steer's wrappers installed and `component` added to its recipe."""
+    patched = model.clone()
+    if component is not None:
+        patched.model_options[RECIPE] = recipe_of(patched.model_options).adding(component)
+    if not patched.get_wrappers(WrappersMP.PREDICT_NOISE, KEY):
+        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _outer_sample)
+        patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, _sampler_sample)
+        patched.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, KEY, _predict_noise)
+    return patched
+
+
+def _outer_sample(executor, *args, **kwargs):
+    guider = executor.class_obj
+    for index, negative in enumerate(recipe_of(guider.model_options).negatives):
+        guider.conds[negative_key(index)] = [c.copy() for c in convert_cond(negative.conditioning)]
+    return executor(*args, **kwargs)
+
+
+def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
+    corrector = getattr(executor.class_obj, "sampler_function", None) in CORRECTOR_SAMPLERS
+    extra_args["model_options"][RUN] = new_run(sigmas.tolist(), corrector)
+    return executor(guider, sigmas, extra_args, *args, **kwargs)
+
+
+_warned: set[str] = set()
+
+
+def _predict_noise(executor, x, timestep, model_options, seed):
+    guider = executor.class_obj
+    if type(guider).predict_noise is not comfy.samplers.CFGGuider.predict_noise:
+        name = type(guider).__name__
+        if name not in _warned and recipe_of(model_options) != Recipe():
+            _warned.add(name)
+            logging.warning("Steer: %s computes its own guidance, so the Steer patches on this model are not applied; "
+                            "use KSampler, CFGGuider, BasicGuider or SteerGuider with them.", name)
+        return executor(x, timestep, model_options, seed)
+    run = model_options.get(RUN)
+    if run is None:  # called outside a sampler run: the schedule ComfyUI recorded is all there is
+        run = new_run(model_options["transformer_options"].get("sample_sigmas", timestep).tolist())
+    inner = WrapperExecutor.new_class_executor(
+        partial(predict, guider, recipe_of(model_options), run, negative_key),
+        guider,
+        executor.wrappers[executor.idx + 1:],
+    )
+    return inner.execute(x, timestep, model_options, seed)
