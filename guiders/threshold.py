@@ -31,10 +31,9 @@ class DynamicThreshold:
     interpolate_phi: float = 1.0
 
 
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """numerator / denominator, and 1 where the denominator is 0 (a flat channel stays as it is)."""
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.where(denominator > 0, numerator / safe, torch.ones_like(numerator))
+def _nonzero(denominator: torch.Tensor) -> torch.Tensor:
+    """The denominator with zeros replaced by 1: a zero spread means a flat channel, which then stays as it is."""
+    return torch.where(denominator > 0, denominator, torch.ones_like(denominator))
 
 
 def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor, settings: DynamicThreshold) -> torch.Tensor:
@@ -52,12 +51,12 @@ def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor, settings: Dynamic
         cfg_ref = torch.quantile(cfg_centred.abs(), settings.threshold_percentile, dim=2, keepdim=True)
 
     if settings.startpoint == "ZERO":
-        result = cfg_flat * _ratio(mim_ref, cfg_ref)
+        result = cfg_flat * torch.where(cfg_ref > 0, mim_ref / _nonzero(cfg_ref), torch.ones_like(cfg_ref))
     elif settings.variability == "STD":
-        result = cfg_centred * _ratio(mim_ref, cfg_ref) + cfg_mean
+        result = cfg_centred / _nonzero(cfg_ref) * mim_ref + cfg_mean
     else:
         limit = torch.maximum(mim_ref, cfg_ref)
-        result = cfg_centred.clamp(-limit, limit) * _ratio(mim_ref, limit) + cfg_mean
+        result = cfg_centred.clamp(-limit, limit) / _nonzero(limit) * mim_ref + cfg_mean
 
     result = result.unflatten(2, guided.shape[2:]).to(guided.dtype)
     if settings.interpolate_phi != 1.0:

@@ -5,11 +5,15 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .guider import SteerGuider
+from .negative import SteerNegative
+from .schedule import SteerScaleSchedule
+from .skip import SteerCFGSkip
+from .threshold import SteerDynamicThreshold
 
 
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [SteerGuider]
+        return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative]
 
 
 async def comfy_entrypoint() -> SteerExtension:

@@ -1,4 +1,4 @@
-"""In-process sampling helpers for tests: run a guider with a real ComfyUI sampler and count model calls."""
+"""In-process sampling for tests: ComfyUI's own sampler nodes and samplers, and a model-call recorder."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import comfy.sample
 import comfy.samplers
 import torch
+from comfy_extras.nodes_custom_sampler import BasicScheduler, KSamplerSelect, RandomNoise, SamplerCustomAdvanced
+
+import nodes
 
 
 def sigmas(model, steps: int, scheduler: str = "normal") -> torch.Tensor:
@@ -15,10 +18,27 @@ def sigmas(model, steps: int, scheduler: str = "normal") -> torch.Tensor:
 
 
 def run(guider, sampler_name: str, latent: torch.Tensor, steps: int = 6, seed: int = 1) -> torch.Tensor:
-    """Sample `latent` with `guider` and a named k-diffusion sampler, as SamplerCustomAdvanced does."""
+    """Sample `latent` with `guider` and a named k-diffusion sampler (no node plumbing around it)."""
     noise = comfy.sample.prepare_noise(latent, seed)
     sampler = comfy.samplers.sampler_object(sampler_name)
     return guider.sample(noise, latent, sampler, sigmas(guider.model_patcher, steps), disable_pbar=True, seed=seed)
+
+
+def ksampler(model, positive, negative, cfg: float, sampler_name: str, latent: torch.Tensor, steps: int = 6,
+             seed: int = 1, scheduler: str = "normal", denoise: float = 1.0) -> torch.Tensor:
+    """The KSampler node, as a workflow runs it."""
+    (out,) = nodes.KSampler().sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                     {"samples": latent}, denoise=denoise)
+    return out["samples"]
+
+
+def custom_advanced(guider, sampler_name: str, latent: torch.Tensor, steps: int = 6, seed: int = 1,
+                    scheduler: str = "normal", denoise: float = 1.0) -> torch.Tensor:
+    """SamplerCustomAdvanced with RandomNoise, KSamplerSelect and BasicScheduler, as a workflow runs them."""
+    noise = RandomNoise.execute(seed).result[0]
+    sampler = KSamplerSelect.execute(sampler_name).result[0]
+    schedule = BasicScheduler.execute(guider.model_patcher, scheduler, steps, denoise).result[0]
+    return SamplerCustomAdvanced.execute(noise, guider, sampler, schedule, {"samples": latent}).result[0]["samples"]
 
 
 @contextlib.contextmanager

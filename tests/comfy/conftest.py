@@ -27,11 +27,16 @@ def steer() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def steer_guider_node(steer: ModuleType) -> type:
-    """The SteerGuider node class exactly as ComfyUI registered it."""
+def steer_nodes(steer: ModuleType) -> dict[str, type]:
+    """Steer's node classes exactly as ComfyUI registered them, by node id."""
     import nodes
 
-    return nodes.NODE_CLASS_MAPPINGS["SteerGuider"]
+    return {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items() if name.startswith("Steer")}
+
+
+@pytest.fixture(scope="session")
+def steer_guider_node(steer_nodes: dict[str, type]) -> type:
+    return steer_nodes["SteerGuider"]
 
 
 @dataclass(frozen=True)
