@@ -4,12 +4,14 @@ A `Recipe` is the immutable set of guidance components on a model. For each eval
   - the scale: the sampler's / guider's cfg, or the scheduled one;
   - which samples are guided: CFG-skip can leave steps (or, adaptively, samples) conditional-only;
   - which branches to compute: the cond always; the uncond and extra negatives only if some sample is guided and
-    guidance changes something (scale ≠ 1, or extra negatives present).
+    guidance changes something (scale ≠ 1, or extra negatives present); the perturbed cond (PAG) inside its window.
 `combine` then applies the components in one fixed order:
   1. CFG at the step's scale: `D = D_u + s·(D_c − D_u)` (or a foreign CFG function, at the same scale);
   2. extra negatives: `D −= w·(D_n − D_u)` or its part orthogonal to `D_c − D_u`;
-  3. dynamic thresholding of D (latent: towards the spread of CFG at the mimic scale; imagen: percentile clamp);
-  4. unguided samples take `D_c` exactly.
+     samples that CFG-skip leaves unguided take `D_c` exactly instead of 1–2;
+  3. PAG: `D += s_p·(D_c − D̂_c)` (independent of CFG: it also works at scale 1 and on CFG-skipped steps);
+  4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the mimic scale;
+     imagen: percentile clamp).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from .cfg import cfg
 from .negatives import ExtraNegative, negative_direction
+from .pag import PerturbedAttention, pag_term
 from .schedule import ScaleSchedule
 from .skip import CFGSkip, noise_cosine
 from .steps import StepTracker
@@ -38,11 +41,14 @@ class Recipe:
     threshold: DynamicThreshold | None = None
     skip: CFGSkip | None = None
     negatives: tuple[ExtraNegative, ...] = ()
+    pag: PerturbedAttention | None = None
 
-    def adding(self, component: ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative) -> Recipe:
+    def adding(self, component: ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
+               ) -> Recipe:
         if isinstance(component, ExtraNegative):
             return replace(self, negatives=(*self.negatives, component))
-        slot = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip"}[type(component)]
+        slot = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip",
+                PerturbedAttention: "pag"}[type(component)]
         return replace(self, **{slot: component})
 
 
@@ -61,6 +67,7 @@ class Plan:
     guided: torch.Tensor  # bool per sample
     with_uncond: bool
     with_negatives: bool
+    with_perturbed: bool
 
 
 def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
@@ -71,8 +78,9 @@ def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
     return keep_uncond or not math.isclose(scale, 1.0)
 
 
-def new_run(schedule: Sequence[float], corrector: bool = False) -> RunState:
-    return RunState(StepTracker(schedule, corrector))
+def new_run(schedule: Sequence[float], evaluations: Sequence[int] | None = None) -> RunState:
+    """A run over `schedule`; `evaluations` per step where the sampler's stages are known (guiders/steps.py)."""
+    return RunState(StepTracker(schedule, evaluations))
 
 
 def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: int,
@@ -96,7 +104,8 @@ def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: i
     with_uncond = has_uncond and bool(guided.any()) and (with_negatives or needs_uncond(scale, keep_uncond))
     if not with_uncond:
         guided = torch.zeros(batch, dtype=torch.bool)
-    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond)
+    with_perturbed = recipe.pag is not None and recipe.pag.active(step, tracker.steps)
+    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond, with_perturbed)
 
 
 def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
@@ -109,28 +118,32 @@ def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, den
                                   run.switched_at)
 
 
-def stand_in(step_plan: Plan, denoised_cond: torch.Tensor, denoised_other: torch.Tensor) -> torch.Tensor:
-    """The branch output with the cond standing in for unguided samples (so CFG there returns D_c exactly)."""
+def where_guided(step_plan: Plan, guided: torch.Tensor, unguided: torch.Tensor) -> torch.Tensor:
+    """Per sample: `guided` where CFG applies at this evaluation, `unguided` elsewhere."""
     if bool(step_plan.guided.all()):
-        return denoised_other
-    mask = step_plan.guided.to(denoised_cond.device).view(-1, *([1] * (denoised_cond.ndim - 1)))
-    return torch.where(mask, denoised_other, denoised_cond)
+        return guided
+    mask = step_plan.guided.to(guided.device).view(-1, *([1] * (guided.ndim - 1)))
+    return torch.where(mask, guided, unguided)
 
 
 def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
-            denoised_negatives: Sequence[torch.Tensor] = (), cfg_rule: CFGRule = cfg) -> torch.Tensor:
-    """The guided x0 of one evaluation, in the documented order. `denoised_uncond` already has stand-ins."""
-    if not step_plan.with_uncond:
-        return denoised_cond
-    scale = step_plan.scale
-    guided = cfg_rule(denoised_cond, denoised_uncond, scale)
-    for negative, denoised_negative in zip(recipe.negatives, denoised_negatives, strict=True):
-        direction = negative_direction(denoised_negative, denoised_uncond, denoised_cond, negative.mode)
-        guided = guided - negative.scale * direction
-    if recipe.threshold is not None:
+            denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: torch.Tensor | None = None,
+            cfg_rule: CFGRule = cfg) -> torch.Tensor:
+    """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already."""
+    guided = denoised_cond
+    if step_plan.with_uncond:
+        guided = cfg_rule(denoised_cond, denoised_uncond, step_plan.scale)
+        for negative, denoised_negative in zip(recipe.negatives, denoised_negatives, strict=True):
+            guided = guided - negative.scale * negative_direction(denoised_negative, denoised_uncond, denoised_cond,
+                                                                  negative.mode)
+        guided = where_guided(step_plan, guided, denoised_cond)
+    if denoised_perturbed is not None:
+        guided = guided + pag_term(denoised_cond, denoised_perturbed, recipe.pag.scale)
+    if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":
-            guided = imagen_threshold(guided, recipe.threshold.threshold_percentile)
+            thresholded = imagen_threshold(guided, recipe.threshold.threshold_percentile)
         else:
             mimic = cfg(denoised_cond, denoised_uncond, recipe.threshold.mimic_scale)
-            guided = mimic_threshold(guided, mimic, recipe.threshold)
-    return stand_in(step_plan, denoised_cond, guided)
+            thresholded = mimic_threshold(guided, mimic, recipe.threshold)
+        guided = where_guided(step_plan, thresholded, guided)
+    return guided

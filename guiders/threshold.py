@@ -7,7 +7,8 @@ Made for pixel space in [−1, 1].
 `latent`: the mimic-scale variant for latent models (mcmonkey's "Dynamic Thresholding", MIT) — guide at the high
 scale, then rescale each (sample, channel) so its spread matches the result of a lower "mimic" scale. Defaults there:
 mimic 7, percentile 1.0, MEAN start point, AD variability, φ 1. Here every statistic is per (sample, channel), so
-images in a batch never influence each other, and zero spreads leave the values as they are instead of dividing by 0.
+images in a batch never influence each other, and a channel without spread (flat up to float rounding) is left as it
+is instead of being divided by zero or by rounding residue.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ class DynamicThreshold:
 
 
 def _nonzero(denominator: torch.Tensor) -> torch.Tensor:
-    """The denominator with zeros replaced by 1: a zero spread means a flat channel, which then stays as it is."""
+    """The denominator with zeros replaced by 1 (those channels are flat and get replaced afterwards)."""
     return torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+FLAT = 1e-6  # a spread below this fraction of a channel's largest |value| is rounding residue, not spread
 
 
 def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor, settings: DynamicThreshold) -> torch.Tensor:
@@ -51,12 +55,14 @@ def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor, settings: Dynamic
         cfg_ref = torch.quantile(cfg_centred.abs(), settings.threshold_percentile, dim=2, keepdim=True)
 
     if settings.startpoint == "ZERO":
-        result = cfg_flat * torch.where(cfg_ref > 0, mim_ref / _nonzero(cfg_ref), torch.ones_like(cfg_ref))
+        result = cfg_flat * (mim_ref / _nonzero(cfg_ref))
     elif settings.variability == "STD":
         result = cfg_centred / _nonzero(cfg_ref) * mim_ref + cfg_mean
     else:
         limit = torch.maximum(mim_ref, cfg_ref)
         result = cfg_centred.clamp(-limit, limit) / _nonzero(limit) * mim_ref + cfg_mean
+    flat = cfg_ref <= FLAT * cfg_flat.abs().amax(dim=2, keepdim=True)
+    result = torch.where(flat, cfg_flat, result)
 
     result = result.unflatten(2, guided.shape[2:]).to(guided.dtype)
     if settings.interpolate_phi != 1.0:

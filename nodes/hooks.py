@@ -19,14 +19,19 @@ from comfy.patcher_extension import WrapperExecutor, WrappersMP
 from comfy.sampler_helpers import convert_cond
 
 from ..guiders.engine import Recipe, new_run
+from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
 from .predict import predict
 
 KEY = "steer"
 RECIPE = "steer_recipe"
 RUN = "steer_run"
 
-# Samplers that evaluate the end of step i at sigma s_{i+1} before step i+1 evaluates there again.
-CORRECTOR_SAMPLERS = (k_sampling.sample_heun, k_sampling.sample_heunpp2)
+# Multi-stage samplers whose evaluations are attributed to steps by counting (guiders/steps.py says why). Their
+# flow (RF) variants are dispatched from these same functions.
+STAGE_PATTERNS = {k_sampling.sample_heun: TWO_STAGE, k_sampling.sample_dpm_2: TWO_STAGE,
+                  k_sampling.sample_dpm_2_ancestral: TWO_STAGE, k_sampling.sample_dpmpp_2s_ancestral: TWO_STAGE,
+                  k_sampling.sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_dpmpp_sde: TWO_STAGE,
+                  k_sampling.sample_heunpp2: HEUNPP2}
 
 
 def recipe_of(model_options: dict) -> Recipe:
@@ -57,8 +62,9 @@ def _outer_sample(executor, *args, **kwargs):
 
 
 def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
-    corrector = getattr(executor.class_obj, "sampler_function", None) in CORRECTOR_SAMPLERS
-    extra_args["model_options"][RUN] = new_run(sigmas.tolist(), corrector)
+    schedule = sigmas.tolist()
+    pattern = STAGE_PATTERNS.get(getattr(executor.class_obj, "sampler_function", None))
+    extra_args["model_options"][RUN] = new_run(schedule, pattern and evaluations_per_step(pattern, schedule))
     return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 

@@ -3,8 +3,8 @@
 Kept hook for hook with comfy.samplers.sampling_function (0.3.75) so other packs' patches and core's CFG++
 samplers behave as under core CFG: the calc-cond-batch slot, pre-CFG hooks, the CFG-function slot (called at the
 step's scale) and post-CFG hooks run with the same arguments, in the same order. Differences, all deliberate: the
-branches are the engine's plan (extra negatives in the same call, no uncond on skipped steps), and where the uncond is
-not computed the cond stands in for it instead of core's all-zero placeholder.
+branches are the engine's plan (extra negatives and the perturbed cond in the same call, no uncond on skipped steps),
+and where the uncond is not computed the cond stands in for it instead of core's all-zero placeholder.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from comfy.samplers import calc_cond_batch
 
 from ..guiders import engine
+from .attention import with_perturbed_attention
 
 
 def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: Callable[[int], str],
@@ -27,17 +28,24 @@ def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: C
                        has_uncond=negative is not None)
     uncond = negative if step.with_uncond else None
     conds = [positive, uncond]
-    extra = [guider.conds[negative_key(i)] for i in range(len(recipe.negatives))] if step.with_negatives else []
+    branches = conds + ([guider.conds[negative_key(i)] for i in range(len(recipe.negatives))]
+                        if step.with_negatives else [])
+    call_options = model_options
+    if step.with_perturbed:
+        # The perturbed cond is one more entry of the same batched call; the attention patch finds its rows by index.
+        call_options = with_perturbed_attention(model_options, recipe.pag.blocks, perturbed_index=len(branches))
+        branches.append(positive)
 
     if "sampler_calc_cond_batch_function" in model_options:
-        args = {"conds": conds + extra, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
+        args = {"conds": branches, "input": x, "sigma": sigma, "model": model, "model_options": call_options}
         out = list(model_options["sampler_calc_cond_batch_function"](args))
     else:
-        out = calc_cond_batch(model, conds + extra, x, sigma, model_options)
+        out = calc_cond_batch(model, branches, x, sigma, call_options)
+    denoised_perturbed = out.pop() if step.with_perturbed else None
     out, denoised_negatives = out[:2], out[2:]
     if step.with_uncond:
         engine.observe(recipe, run, step, x, out[0], out[1])
-    out[1] = engine.stand_in(step, out[0], out[1])
+    out[1] = engine.where_guided(step, out[1], out[0])  # the cond stands in for the uncond where it is skipped
 
     for fn in model_options.get("sampler_pre_cfg_function", []):
         args = {"conds": conds, "conds_out": out, "cond_scale": step.scale, "timestep": sigma,
@@ -52,7 +60,8 @@ def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: C
                     "input": x, "sigma": sigma, "cond_denoised": cond_x0, "uncond_denoised": uncond_x0,
                     "model": model, "model_options": model_options, "input_cond": positive, "input_uncond": uncond}
             return x - model_options["sampler_cfg_function"](args)
-    denoised = engine.combine(recipe, step, denoised_cond, denoised_uncond, denoised_negatives, cfg_rule)
+    denoised = engine.combine(recipe, step, denoised_cond, denoised_uncond, denoised_negatives, denoised_perturbed,
+                              cfg_rule)
 
     for fn in model_options.get("sampler_post_cfg_function", []):
         args = {"denoised": denoised, "cond": positive, "uncond": uncond, "cond_scale": step.scale, "model": model,

@@ -1,12 +1,13 @@
-"""The real ComfyUI, started as a subprocess with Steer in its custom_nodes, driven over HTTP like the web UI does:
-SteerGuider's definition, the example workflow served as a template and run end to end (pixel-identical to core
-CFGGuider), and malformed prompts rejected with useful errors while the server keeps working."""
+"""The real ComfyUI, started once for the module as a subprocess with Steer in its custom_nodes, driven over HTTP like
+the web UI does: the nodes' definitions in /object_info, every example workflow served as a template and run end to
+end (steer_cfg pixel-identical to core CFGGuider, KSampler pixel-identical to SteerGuider with the same patches), and
+malformed prompts rejected with useful errors while the server keeps working."""
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from PIL import Image
 from testbed import run_example
 from testbed.comfy import BASE, ROOT
 from testbed.examples import EXAMPLES, EXAMPLES_DIR
-from testbed.server import ComfyServer
+from testbed.server import ComfyServer, PromptError
 from testbed.workflow import api_to_ui, input_specs, ui_to_api
 
 PROMPT_TIMEOUT = 300.0  # a guard against a hung server, never a speed requirement
 EXAMPLE = EXAMPLES_DIR / "steer_cfg.json"
+EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.json"))
+STEER_NODES = ("SteerGuider", "SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative")
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +39,40 @@ def object_info(server: ComfyServer) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def example(object_info: dict[str, Any]) -> dict[str, Any]:
-    """example_workflows/steer_cfg.json as the API prompt the web UI would queue."""
-    return ui_to_api(json.loads(EXAMPLE.read_text()), object_info)
+def pack() -> str:
+    """Steer's folder name in the test bed's custom_nodes/."""
+    (name,) = (path.name for path in (BASE / "custom_nodes").iterdir() if path.resolve() == ROOT)
+    return name
 
 
 @pytest.fixture(scope="module")
-def steer_pixels(server: ComfyServer, example: dict[str, Any]) -> np.ndarray:
-    return render(server, example)
+def workflows(object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every file in example_workflows/ as the API prompt the web UI would queue, by name."""
+    return {path.stem: ui_to_api(json.loads(path.read_text()), object_info) for path in EXAMPLE_FILES}
+
+
+@pytest.fixture(scope="module")
+def example(workflows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """example_workflows/steer_cfg.json as the API prompt the web UI would queue."""
+    return workflows["steer_cfg"]
+
+
+@pytest.fixture(scope="module")
+def example_pixels(server: ComfyServer, workflows: dict[str, dict[str, Any]]) -> Callable[[str], np.ndarray]:
+    """The image of an example workflow, rendered once per module (a re-posted prompt would only hit the cache)."""
+    rendered: dict[str, np.ndarray] = {}
+
+    def pixels(name: str) -> np.ndarray:
+        if name not in rendered:
+            rendered[name] = render(server, workflows[name], prefix=name)
+        return rendered[name]
+
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def steer_pixels(example_pixels: Callable[[str], np.ndarray]) -> np.ndarray:
+    return example_pixels("steer_cfg")
 
 
 def node_id(prompt: dict[str, Any], class_type: str) -> str:
@@ -61,12 +90,73 @@ def edited(prompt: dict[str, Any], class_type: str, new_type: str | None = None,
     return prompt
 
 
-def render(server: ComfyServer, prompt: dict[str, Any]) -> np.ndarray:
-    """Run `prompt`, which saves one image, and return its pixels."""
+def render(server: ComfyServer, prompt: dict[str, Any], prefix: str | None = None) -> np.ndarray:
+    """Run `prompt`, which saves one image (named `prefix`… when given), and return its pixels."""
     (path,) = server.run(prompt, timeout=PROMPT_TIMEOUT)
+    assert prefix is None or path.name.startswith(prefix), path
     with Image.open(path) as image:
         assert image.format == "PNG"
         return np.asarray(image)
+
+
+def as_custom_sampler(prompt: dict[str, Any]) -> dict[str, Any]:
+    """`prompt` with its KSampler replaced by SteerGuider + RandomNoise + KSamplerSelect + BasicScheduler +
+    SamplerCustomAdvanced with the same model, conds, cfg, seed, steps, sampler, scheduler and denoise."""
+    prompt = copy.deepcopy(prompt)
+    key = node_id(prompt, "KSampler")
+    ks = prompt[key]["inputs"]
+    first = max(map(int, prompt)) + 1
+    guider, noise, sampler, sigmas = (str(first + i) for i in range(4))
+    prompt[guider] = {"class_type": "SteerGuider", "inputs": {
+        "model": ks["model"], "positive": ks["positive"], "negative": ks["negative"], "cfg": ks["cfg"]}}
+    prompt[noise] = {"class_type": "RandomNoise", "inputs": {"noise_seed": ks["seed"]}}
+    prompt[sampler] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": ks["sampler_name"]}}
+    prompt[sigmas] = {"class_type": "BasicScheduler", "inputs": {
+        "model": ks["model"], "scheduler": ks["scheduler"], "steps": ks["steps"], "denoise": ks["denoise"]}}
+    prompt[key] = {"class_type": "SamplerCustomAdvanced", "inputs": {  # output 0 is the latent, as KSampler's
+        "noise": [noise, 0], "guider": [guider, 0], "sampler": [sampler, 0], "sigmas": [sigmas, 0],
+        "latent_image": ks["latent_image"]}}
+    return prompt
+
+
+def as_ksampler(prompt: dict[str, Any]) -> dict[str, Any]:
+    """`prompt` with SteerGuider + SamplerCustomAdvanced (and its noise, sampler and sigmas nodes) replaced by one
+    KSampler with the same settings."""
+    prompt = copy.deepcopy(prompt)
+    key = node_id(prompt, "SamplerCustomAdvanced")
+    inputs = prompt[key]["inputs"]
+    guider, noise, sampler, sigmas = (prompt.pop(inputs[name][0])["inputs"]
+                                      for name in ("guider", "noise", "sampler", "sigmas"))
+    assert guider["model"] == sigmas["model"]
+    prompt[key] = {"class_type": "KSampler", "inputs": {
+        "model": guider["model"], "seed": noise["noise_seed"], "steps": sigmas["steps"], "cfg": guider["cfg"],
+        "sampler_name": sampler["sampler_name"], "scheduler": sigmas["scheduler"], "positive": guider["positive"],
+        "negative": guider["negative"], "latent_image": inputs["latent_image"], "denoise": sigmas["denoise"]}}
+    return prompt
+
+
+def without_patches(prompt: dict[str, Any]) -> dict[str, Any]:
+    """`prompt` with every Steer MODEL→MODEL patch removed (its consumers take the patch's own input model)."""
+    prompt = copy.deepcopy(prompt)
+    patches = {key for key, node in prompt.items()
+               if node["class_type"].startswith("Steer") and node["class_type"] != "SteerGuider"}
+
+    def unpatched(value: Any) -> Any:
+        while isinstance(value, list) and value[0] in patches:
+            value = prompt[value[0]]["inputs"]["model"]
+        return value
+
+    for node in prompt.values():
+        node["inputs"] = {name: unpatched(value) for name, value in node["inputs"].items()}
+    return {key: node for key, node in prompt.items() if key not in patches}
+
+
+def assert_a_real_image(pixels: np.ndarray) -> None:
+    """A 64×64 RGB image with finite values that is not a single colour (as NaN latents or a dead VAE give)."""
+    assert pixels.shape == (64, 64, 3)
+    assert np.isfinite(pixels.astype(np.float64)).all()
+    assert pixels.min() != pixels.max(), "the image is constant"
+    assert pixels.astype(np.float64).std() > 1.0, "the image is nearly constant"
 
 
 def test_steer_guider_definition(object_info: dict[str, Any]) -> None:
@@ -81,18 +171,69 @@ def test_steer_guider_definition(object_info: dict[str, Any]) -> None:
     assert {k: specs["cfg"][1][k] for k in ("default", "min", "max")} == {"default": 7.0, "min": 0.0, "max": 100.0}
 
 
-def test_example_is_served_as_a_template(server: ComfyServer) -> None:
-    (pack,) = (path.name for path in (BASE / "custom_nodes").iterdir() if path.resolve() == ROOT)
+def test_steer_node_definitions(object_info: dict[str, Any], pack: str) -> None:
+    """Every node of the pack (at least the five below) is named Steer…, sits under sampling/steer, and explains
+    itself: a display name, a description, and a tooltip on every input and output."""
+    ours = {name: info for name, info in object_info.items() if info.get("python_module") == f"custom_nodes.{pack}"}
+    assert set(STEER_NODES) <= set(ours), sorted(ours)
+    for name, info in ours.items():
+        assert name.startswith("Steer"), name
+        assert info["category"] == "sampling/steer" or info["category"].startswith("sampling/steer/"), name
+        assert info["display_name"].startswith("Steer") and info["description"], name
+        for input_name, spec, _ in input_specs(info):
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"]), name
+    for name in STEER_NODES[1:]:  # the patches: MODEL in, MODEL out, usable with any sampler
+        first_input, spec, _ = next(input_specs(ours[name]))
+        assert (first_input, spec[0], ours[name]["output"]) == ("model", "MODEL", ["MODEL"]), name
+
+
+def test_example_files_are_the_defined_examples() -> None:
+    """example_workflows/ holds exactly what testbed/examples.py defines (run `python -m testbed.examples`)."""
+    assert [path.stem for path in EXAMPLE_FILES] == sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_is_what_testbed_examples_defines(workflows: dict[str, dict[str, Any]], name: str) -> None:
+    """The UI file converts back with ui_to_api to its definition (after editing that, run
+    `python -m testbed.examples`)."""
+    assert {key: (node["class_type"], node["inputs"]) for key, node in workflows[name].items()} == {
+        key: (node["class_type"], node["inputs"]) for key, node in EXAMPLES[name]().items()}
+
+
+def test_examples_are_served_as_templates(server: ComfyServer, pack: str) -> None:
     status, templates = server.get("/workflow_templates")
-    assert status == 200 and "steer_cfg" in templates[pack]
-    status, served = server.get(f"/api/workflow_templates/{pack}/steer_cfg.json")
-    assert status == 200 and served == json.loads(EXAMPLE.read_text())
+    assert status == 200 and sorted(templates[pack]) == [path.stem for path in EXAMPLE_FILES]
+    for path in EXAMPLE_FILES:
+        status, served = server.get(f"/api/workflow_templates/{pack}/{path.name}")
+        assert status == 200 and served == json.loads(path.read_text()), path.name
 
 
-def test_example_is_what_testbed_examples_defines(example: dict[str, Any]) -> None:
-    """The UI file converts back to its definition (after editing that, run `python -m testbed.examples`)."""
-    assert {key: (node["class_type"], node["inputs"]) for key, node in example.items()} == {
-        key: (node["class_type"], node["inputs"]) for key, node in EXAMPLES["steer_cfg"]().items()}
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_runs(example_pixels: Callable[[str], np.ndarray], name: str) -> None:
+    """Queued as the web UI would, the example saves one PNG (named after it) showing a real image."""
+    assert_a_real_image(example_pixels(name))
+
+
+@pytest.mark.parametrize("name", ["steer_sd3_flow", "steer_ksampler", "steer_all_four"])  # SD3 right after its run
+def test_ksampler_equals_steer_guider(server: ComfyServer, workflows: dict[str, dict[str, Any]],
+                                      example_pixels: Callable[[str], np.ndarray], name: str) -> None:
+    """The same patched model, seed, steps, sampler and scheduler give the same pixels through KSampler and through
+    SteerGuider + SamplerCustomAdvanced (BasicScheduler): both doors run the same engine."""
+    prompt = workflows[name]
+    other = as_ksampler(prompt) if "SamplerCustomAdvanced" in {n["class_type"] for n in prompt.values()} \
+        else as_custom_sampler(prompt)
+    pixels = example_pixels(name)
+    assert_a_real_image(pixels)
+    np.testing.assert_array_equal(render(server, other), pixels)
+
+
+def test_patches_change_the_image(server: ComfyServer, workflows: dict[str, dict[str, Any]],
+                                  example_pixels: Callable[[str], np.ndarray]) -> None:
+    """Without its four patches steer_all_four gives another image, so the equalities above compare patched runs."""
+    plain = without_patches(workflows["steer_all_four"])
+    assert {n["class_type"] for n in plain.values()} & set(STEER_NODES) == {"SteerGuider"}
+    assert not np.array_equal(render(server, plain), example_pixels("steer_all_four"))
 
 
 def test_widget_fed_by_a_link_round_trips(object_info: dict[str, Any]) -> None:
@@ -137,6 +278,41 @@ def test_malformed_prompt_is_rejected(server: ComfyServer, example: dict[str, An
                for error in guider["errors"]), guider
     assert server.get("/system_stats")[0] == 200
     assert render(server, edited(example, "RandomNoise", noise_seed=seed)).shape == (64, 64, 3)
+
+
+def test_bad_custom_schedule_is_rejected_with_its_position(server: ComfyServer,
+                                                            workflows: dict[str, dict[str, Any]]) -> None:
+    """A typo in SteerScaleSchedule's per-step list is refused at validation (HTTP 400, nothing runs), naming the
+    node, the `custom` input, and which value is wrong."""
+    prompt = edited(workflows["steer_scale_schedule"], "SteerScaleSchedule", curve="custom", custom="12, abc")
+    status, answer = server.post_prompt(prompt)
+    assert status == 400, answer
+    node = answer["node_errors"][node_id(prompt, "SteerScaleSchedule")]
+    assert node["class_type"] == "SteerScaleSchedule"
+    (error,) = (error for error in node["errors"] if error["extra_info"].get("input_name") == "custom")
+    assert error["type"] == "custom_validation_failed"
+    assert "value 2" in error["details"] and "'abc'" in error["details"], error
+    assert server.get("/system_stats")[0] == 200
+
+
+def test_cfg_skip_interval_backwards_fails_before_sampling(server: ComfyServer,
+                                                           workflows: dict[str, dict[str, Any]]) -> None:
+    """start_percent 0.8 > end_percent 0.2 passes validation (each lies in 0–1) but SteerCFGSkip refuses it when it
+    runs, before the sampler: /history reports an execution_error naming the node and start_percent, no image is
+    written, and the server goes on running prompts."""
+    prompt = edited(workflows["steer_cfg_skip"], "SteerCFGSkip", mode="percent", start_percent=0.8, end_percent=0.2)
+    saved = set(server.output_dir.rglob("*.png"))
+    with pytest.raises(PromptError) as failure:
+        server.run(prompt, timeout=PROMPT_TIMEOUT)
+    outcome = failure.value.details
+    assert outcome["status_str"] == "error"
+    (error,) = (data for kind, data in outcome["messages"] if kind == "execution_error")
+    assert error["node_type"] == "SteerCFGSkip" and error["node_id"] == node_id(prompt, "SteerCFGSkip")
+    assert "SteerCFGSkip" in error["exception_message"] and "start_percent" in error["exception_message"]
+    assert node_id(prompt, "SamplerCustomAdvanced") not in error["executed"]
+    assert set(server.output_dir.rglob("*.png")) == saved
+    assert server.get("/system_stats")[0] == 200
+    assert_a_real_image(render(server, edited(workflows["steer_cfg_skip"], "RandomNoise", noise_seed=104)))
 
 
 def test_run_example_prints_the_pngs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,8 +52,8 @@ def test_worked_examples(curve, steps, expected):
 
 
 @pytest.mark.parametrize("curve", ["linear_down", "cosine_down", "power_down", "step_down"])
-@pytest.mark.parametrize("cfg", [7.3, 4.1, 12.0, 0.7])
-@pytest.mark.parametrize("cfg_min", [1.0, 0.0, 2.3])
+@pytest.mark.parametrize("cfg", [7.3, 4.1, 12.0, 0.7, 0.3])
+@pytest.mark.parametrize("cfg_min", [1.0, 0.0, 2.3, 1.1])  # e.g. 1.1 + (7.3 − 1.1) ≠ 7.3 in floating point
 def test_endpoints_are_exact(curve, cfg, cfg_min):
     down = ScaleSchedule(curve=curve, cfg_min=cfg_min, exponent=1.7)
     up = ScaleSchedule(curve=curve.replace("down", "up"), cfg_min=cfg_min, exponent=1.7)

@@ -8,7 +8,7 @@ Each evaluation is labelled with the loop index of the sampler that made it: tha
 import pytest
 import torch
 
-from guiders.steps import StepTracker, interval_step
+from guiders.steps import HEUNPP2, TWO_STAGE, StepTracker, evaluations_per_step, interval_step
 
 Evaluations = list[tuple[int, float]]  # (sampler loop index, sigma the model is evaluated at)
 
@@ -139,18 +139,20 @@ def dpmpp_sde(sigmas: torch.Tensor, shift: float | None = None) -> Evaluations:
     return out
 
 
-def attribute(sigmas: torch.Tensor, evaluations: Evaluations, corrector: bool) -> list[tuple[int, int, float]]:
-    """(expected step, attributed step, sigma) for every evaluation, in order, through one fresh tracker."""
-    tracker = StepTracker(sigmas.tolist(), corrector=corrector)
+def attribute(sigmas: torch.Tensor, evaluations: Evaluations, pattern: str | None) -> list[tuple[int, int, float]]:
+    """(expected step, attributed step, sigma) for every evaluation, in order, through one fresh tracker that
+    counts evaluations under a known stage `pattern`, or goes by sigma intervals where `pattern` is None."""
+    schedule = sigmas.tolist()
+    tracker = StepTracker(schedule, pattern and evaluations_per_step(pattern, schedule))
     return [(expected, tracker.step(sigma), sigma) for expected, sigma in evaluations]
 
 
-def assert_attributed(sigmas, evaluations, corrector):
-    wrong = [row for row in attribute(sigmas, evaluations, corrector) if row[0] != row[1]]
+def assert_attributed(sigmas, evaluations, pattern):
+    wrong = [row for row in attribute(sigmas, evaluations, pattern) if row[0] != row[1]]
     assert not wrong, f"(expected, got, sigma): {wrong}"
 
 
-# --- single-evaluation and midpoint samplers: the plain tracker ------------------------------------------------------
+# --- single-evaluation samplers by interval, two-stage samplers by counting ------------------------------------------
 
 PLAIN_CASES = (
     [(euler, name) for name in SCHEDULES]
@@ -168,7 +170,9 @@ def test_midpoint_samplers(sampler, schedule):
     steps = len(sigmas) - 1
     if sampler is not euler:  # two evaluations per step except the last (σ_next = 0: Euler)
         assert len(evaluations) == 2 * steps - 1
-    assert_attributed(sigmas, evaluations, corrector=False)
+    assert_attributed(sigmas, evaluations, None if sampler is euler else TWO_STAGE)
+    if sampler is not euler:  # these midpoints lie strictly inside their step: intervals get them right as well
+        assert_attributed(sigmas, evaluations, None)
 
 
 def test_midpoints_are_strictly_inside_their_step():
@@ -185,22 +189,21 @@ BOUNDARY_CASES = ([(dpmpp_2s_ancestral, name) for name in EPS_SCHEDULES]
                   + [(dpm_2_ancestral, name) for name in SCHEDULES])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "guiders/steps.py: StepTracker(corrector=False), the mode nodes/hooks.py uses for every sampler but heun/heunpp2, "
-    "attributes the second evaluation of step i of dpmpp_2s_ancestral (EPS, eta 1) and dpm_2_ancestral, made at "
-    "σ = σ_{i+1} up to float32 rounding, to step i+1"))
 @pytest.mark.parametrize(("sampler", "schedule"), BOUNDARY_CASES,
                          ids=[f"{s.__name__}-{n}" for s, n in BOUNDARY_CASES])
 def test_ancestral_second_evaluation_belongs_to_its_step(sampler, schedule):
     sigmas = SCHEDULES[schedule]
-    assert_attributed(sigmas, sampler(sigmas, shift=FLOW_SHIFTS.get(schedule)), corrector=False)
+    evaluations = sampler(sigmas, shift=FLOW_SHIFTS.get(schedule))
+    assert_attributed(sigmas, evaluations, TWO_STAGE)
+    # Sigma intervals alone would hand the second evaluation to the next step: that is why stages are counted.
+    assert any(expected != got for expected, got, _ in attribute(sigmas, evaluations, None))
 
 
 def test_dpmpp_2s_ancestral_second_evaluation_sits_on_the_next_sigma():
     """Documents why the case above is hard: the 'midpoint' is σ_{i+1} to float32 precision."""
     sigmas = SCHEDULES["karras10"]
-    seconds = [(step, sigma) for k, (step, sigma) in enumerate(dpmpp_2s_ancestral(sigmas))
-               if k > 0 and dpmpp_2s_ancestral(sigmas)[k - 1][0] == step]
+    evaluations = dpmpp_2s_ancestral(sigmas)
+    seconds = [evaluations[k] for k in range(1, len(evaluations)) if evaluations[k - 1][0] == evaluations[k][0]]
     assert len(seconds) == len(sigmas) - 2
     for step, sigma in seconds:
         assert sigma == pytest.approx(float(sigmas[step + 1]), rel=1e-6)
@@ -208,7 +211,8 @@ def test_dpmpp_2s_ancestral_second_evaluation_sits_on_the_next_sigma():
 
 def test_dpmpp_2s_ancestral_below_eta_one_is_a_true_midpoint():
     sigmas = SCHEDULES["karras10"]
-    assert_attributed(sigmas, dpmpp_2s_ancestral(sigmas, eta=0.5), corrector=False)
+    assert_attributed(sigmas, dpmpp_2s_ancestral(sigmas, eta=0.5), TWO_STAGE)
+    assert_attributed(sigmas, dpmpp_2s_ancestral(sigmas, eta=0.5), None)
 
 
 # --- corrector samplers: every evaluation of a step gets that step --------------------------------------------------
@@ -223,13 +227,13 @@ def test_corrector_samplers(sampler, schedule):
     evaluations = sampler(sigmas)
     steps = len(sigmas) - 1
     assert len(evaluations) == (2 * steps - 1 if sampler is heun else 3 * steps - 3)
-    assert_attributed(sigmas, evaluations, corrector=True)
+    assert_attributed(sigmas, evaluations, TWO_STAGE if sampler is heun else HEUNPP2)
 
 
 def test_corrector_evaluations_would_be_misattributed_by_intervals_alone():
-    """The Heun corrector sits on the next step's sigma: without corrector mode it lands in the next step."""
+    """The Heun corrector sits on the next step's sigma: by intervals alone it lands in the next step."""
     sigmas = SCHEDULES["karras10"]
-    rows = attribute(sigmas, heun(sigmas), corrector=False)
+    rows = attribute(sigmas, heun(sigmas), None)
     assert sum(expected != got for expected, got, _ in rows) == len(sigmas) - 2
 
 
@@ -238,14 +242,7 @@ def test_heun_on_a_schedule_not_ending_at_zero():
     sigmas = SCHEDULES["karras10"][:6]
     evaluations = heun(sigmas)
     assert len(evaluations) == 2 * (len(sigmas) - 1)
-    assert_attributed(sigmas, evaluations, corrector=True)
-
-
-def test_trackers_are_independent_runs():
-    sigmas = SCHEDULES["karras10"]
-    first = attribute(sigmas, heun(sigmas), corrector=True)
-    second = attribute(sigmas, heun(sigmas), corrector=True)
-    assert first == second
+    assert_attributed(sigmas, evaluations, TWO_STAGE)
 
 
 # --- interval_step directly ------------------------------------------------------------------------------------------
