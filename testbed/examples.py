@@ -102,6 +102,11 @@ def _extra_negative(b: _Builder, model: Link, clip: Link, text: str = "watermark
                   **{"scale": 0.8, "mode": "perpendicular", **settings}), 0]
 
 
+def _pag(b: _Builder, model: Link, **settings: Any) -> Link:
+    return [b.add("SteerPAG", model=model, **{"scale": 3.0, "blocks": "middle.0", "start_percent": 0.0,
+                                              "end_percent": 1.0, **settings}), 0]
+
+
 def steer_cfg() -> Graph:
     """Text to image with SteerGuider at cfg 7 driving SamplerCustomAdvanced (euler, 8 steps, 64×64)."""
     return _sd15_custom_sampler("steer_cfg", 7.0, _no_patches)
@@ -181,9 +186,22 @@ def steer_sd3_flow() -> Graph:
     return b.graph
 
 
+def steer_pag() -> Graph:
+    """Perturbed-attention guidance as in the paper (scale 3 on the middle block, with cfg 4), computed in the same
+    model call as the positive and negative."""
+    return _sd15_custom_sampler("steer_pag", 4.0, lambda b, model, clip: _pag(b, model))
+
+
+def steer_pag_cfg_skip() -> Graph:
+    """PAG until 70 % of the run (later it stripes ancestral samplers), CFG only from 30 % on: early steps compute
+    the positive and its perturbed copy, late ones the positive and negative, the middle all three in one call."""
+    return _sd15_custom_sampler("steer_pag_cfg_skip", 5.0, lambda b, model, clip: _cfg_skip(
+        b, _pag(b, model, end_percent=0.7), mode="percent", start_percent=0.3, end_percent=1.0))
+
+
 EXAMPLES: dict[str, Callable[[], Graph]] = {build.__name__: build for build in (
     steer_cfg, steer_scale_schedule, steer_dynamic_threshold, steer_cfg_skip, steer_negative, steer_all_four,
-    steer_ksampler, steer_sd3_flow)}
+    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip)}
 
 
 def main() -> None:

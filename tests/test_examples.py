@@ -12,7 +12,8 @@ import pytest
 from testbed.examples import EXAMPLES, EXAMPLES_DIR
 
 LATENTS = {"EmptyLatentImage", "EmptySD3LatentImage"}
-PATCHES = {"SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative"}
+ENGINE_PATCHES = {"SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative"}
+PATCHES = ENGINE_PATCHES | {"SteerPAG"}
 
 
 def links_of(node: dict[str, Any]) -> list[list[Any]]:
@@ -49,7 +50,7 @@ def test_every_patch_has_an_example_of_its_own_and_all_four_together() -> None:
     types = {name: {node["class_type"] for node in build().values()} for name, build in EXAMPLES.items()}
     for patch in PATCHES:
         assert any(t & PATCHES == {patch} for t in types.values()), patch
-    assert PATCHES <= types["steer_all_four"]
+    assert ENGINE_PATCHES <= types["steer_all_four"]
     assert "KSampler" in types["steer_ksampler"] and "SteerGuider" not in types["steer_ksampler"]
 
 
