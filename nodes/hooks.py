@@ -57,7 +57,9 @@ def with_steer(model, component=None):
 def _outer_sample(executor, *args, **kwargs):
     guider = executor.class_obj
     for index, negative in enumerate(recipe_of(guider.model_options).negatives):
-        guider.conds[negative_key(index)] = [c.copy() for c in convert_cond(negative.conditioning)]
+        # prompt_type "negative": models that encode negatives differently (SDXL refiner's aesthetic score) do so here.
+        conds = convert_cond(negative.conditioning)
+        guider.conds[negative_key(index)] = [{"prompt_type": "negative"} | cond for cond in conds]
     return executor(*args, **kwargs)
 
 
