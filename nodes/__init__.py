@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .cfg_pp import SteerCFGPPSampler, register_ksampler_names
 from .guider import SteerGuider
 from .negative import SteerNegative
 from .pag import SteerPAG
@@ -11,10 +12,13 @@ from .schedule import SteerScaleSchedule
 from .skip import SteerCFGSkip
 from .threshold import SteerDynamicThreshold
 
+register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name only: see nodes/cfg_pp.py
+
 
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG]
+        return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG,
+                SteerCFGPPSampler]
 
 
 async def comfy_entrypoint() -> SteerExtension:

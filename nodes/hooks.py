@@ -20,6 +20,7 @@ from comfy.sampler_helpers import convert_cond
 
 from ..guiders.engine import Recipe, new_run
 from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
+from .cfg_pp import sample_dpmpp_2s_ancestral_cfg_pp
 from .predict import predict
 
 KEY = "steer"
@@ -27,11 +28,12 @@ RECIPE = "steer_recipe"
 RUN = "steer_run"
 
 # Multi-stage samplers whose evaluations are attributed to steps by counting (guiders/steps.py says why). Their
-# flow (RF) variants are dispatched from these same functions.
+# flow (RF) variants are dispatched from these same functions. The ancestral ones make one evaluation instead of two
+# in a step where eta > 1 drives σ_down to 0; at eta ≤ 1 that happens only in the last step, which the count knows.
 STAGE_PATTERNS = {k_sampling.sample_heun: TWO_STAGE, k_sampling.sample_dpm_2: TWO_STAGE,
                   k_sampling.sample_dpm_2_ancestral: TWO_STAGE, k_sampling.sample_dpmpp_2s_ancestral: TWO_STAGE,
                   k_sampling.sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_dpmpp_sde: TWO_STAGE,
-                  k_sampling.sample_heunpp2: HEUNPP2}
+                  sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_heunpp2: HEUNPP2}
 
 
 def recipe_of(model_options: dict) -> Recipe:

@@ -62,9 +62,9 @@ def test_a_forced_memory_split_gives_the_same_latents(inprocess_bed, steer_nodes
     assert relative_error(split, whole) < 1e-4
 
 
-def test_composes_with_every_steer_patch_through_both_doors(bed, steer_nodes):
-    if bed.channels == 16:
-        pytest.skip("SteerPAG refuses DiT models (tested below)")
+@pytest.mark.parametrize("bed_name", ["inprocess_bed", "sd15_bed"])  # SteerPAG refuses DiT models (tested below)
+def test_composes_with_every_steer_patch_through_both_doors(request, steer_nodes, bed_name):
+    bed = request.getfixturevalue(bed_name)
     model = bed.model
     model = steer_nodes["SteerScaleSchedule"].execute(model, "linear_down", 2.0, 0.5, 2.0, "").result[0]
     model = steer_nodes["SteerDynamicThreshold"].execute(model, "latent", 4.0, 1.0, "MEAN", "AD", 1.0).result[0]
@@ -75,6 +75,12 @@ def test_composes_with_every_steer_patch_through_both_doors(bed, steer_nodes):
     guider = steer_nodes["SteerGuider"].execute(model, bed.positive, bed.negative, 8.0).result[0]
     assert torch.isfinite(via_ksampler).all()
     assert torch.equal(via_ksampler, custom_advanced(guider, "dpmpp_2m", bed.latent(2)))
+    # And with a Steer CFG++ sampler (λ = 1.2), which evaluates twice per step.
+    cfg_pp = "steer_dpmpp_2s_ancestral_cfg_pp"
+    via_ksampler = ksampler(model, bed.positive, bed.negative, 1.2, cfg_pp, bed.latent(2))
+    guider = steer_nodes["SteerGuider"].execute(model, bed.positive, bed.negative, 1.2).result[0]
+    assert torch.isfinite(via_ksampler).all()
+    assert torch.equal(via_ksampler, custom_advanced(guider, cfg_pp, bed.latent(2)))
 
 
 def test_an_attention_patch_already_on_the_block_still_runs_for_the_other_rows(inprocess_bed, steer_nodes):
