@@ -53,10 +53,11 @@ class _Builder:
 
 
 def _sd15_custom_sampler(name: str, cfg: float, patches: Callable[[_Builder, Link, Link], Link],
-                         positive: str = POSITIVE, negative: str = NEGATIVE) -> Graph:
-    """CheckpointLoaderSimple → `patches` on its MODEL → SteerGuider → SamplerCustomAdvanced (euler, normal) →
-    VAEDecode → SaveImage(filename_prefix=name). `patches(builder, model, clip)` adds Steer patch nodes and returns the
-    patched MODEL."""
+                         positive: str = POSITIVE, negative: str = NEGATIVE,
+                         sampler: Callable[[_Builder], str] | None = None) -> Graph:
+    """CheckpointLoaderSimple → `patches` on its MODEL → SteerGuider → SamplerCustomAdvanced (euler unless `sampler`
+    adds another SAMPLER node, normal) → VAEDecode → SaveImage(filename_prefix=name). `patches(builder, model, clip)`
+    adds Steer patch nodes and returns the patched MODEL."""
     b = _Builder()
     ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     pos = b.add("CLIPTextEncode", "Positive prompt", text=positive, clip=[ckpt, 1])
@@ -64,7 +65,7 @@ def _sd15_custom_sampler(name: str, cfg: float, patches: Callable[[_Builder, Lin
     model = patches(b, [ckpt, 0], [ckpt, 1])
     guider = b.add("SteerGuider", model=model, positive=[pos, 0], negative=[neg, 0], cfg=cfg)
     noise = b.add("RandomNoise", noise_seed=SEED)
-    sampler = b.add("KSamplerSelect", sampler_name="euler")
+    sampler = sampler(b) if sampler else b.add("KSamplerSelect", sampler_name="euler")
     sigmas = b.add("BasicScheduler", model=model, scheduler="normal", steps=STEPS, denoise=1.0)
     latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
     sampled = b.add("SamplerCustomAdvanced", noise=[noise, 0], guider=[guider, 0], sampler=[sampler, 0],
@@ -199,9 +200,33 @@ def steer_pag_cfg_skip() -> Graph:
         b, _pag(b, model, end_percent=0.7), mode="percent", start_percent=0.3, end_percent=1.0))
 
 
+def steer_cfg_pp() -> Graph:
+    """CFG++ through SteerGuider: the SteerCFGPPSampler (dpmpp_2m) renoises with the unconditional prediction, so the
+    guider's cfg is CFG++'s λ — 0.8 here, where plain CFG would need about 6–12."""
+    return _sd15_custom_sampler("steer_cfg_pp", 0.8, _no_patches, sampler=lambda b: b.add(
+        "SteerCFGPPSampler", sampler_name="dpmpp_2m", eta=1.0, s_noise=1.0))
+
+
+def steer_cfg_pp_ksampler() -> Graph:
+    """CFG++ from the plain KSampler: pick a steer_*_cfg_pp sampler (here euler ancestral) and set cfg to λ (1.0);
+    a scale schedule on the model eases λ from 1.0 to 0.6."""
+    b = _Builder()
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[ckpt, 1])
+    neg = b.add("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=[ckpt, 1])
+    model = _scale_schedule(b, [ckpt, 0], curve="linear_down", cfg_min=0.6)
+    latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    sampled = b.add("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0,
+                    sampler_name="steer_euler_ancestral_cfg_pp", scheduler="normal", positive=[pos, 0],
+                    negative=[neg, 0], latent_image=[latent, 0], denoise=1.0)
+    image = b.add("VAEDecode", samples=[sampled, 0], vae=[ckpt, 2])
+    b.add("SaveImage", images=[image, 0], filename_prefix="steer_cfg_pp_ksampler")
+    return b.graph
+
+
 EXAMPLES: dict[str, Callable[[], Graph]] = {build.__name__: build for build in (
     steer_cfg, steer_scale_schedule, steer_dynamic_threshold, steer_cfg_skip, steer_negative, steer_all_four,
-    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip)}
+    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip, steer_cfg_pp, steer_cfg_pp_ksampler)}
 
 
 def main() -> None:
