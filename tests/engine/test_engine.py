@@ -1,10 +1,10 @@
 """The step engine: which branches an evaluation computes (plan), the adaptive switch (observe), and combine."""
 
 import itertools
-import math
 
 import pytest
 import torch
+from reference import quantile
 
 from guiders import engine
 from guiders.engine import Plan, Recipe
@@ -113,14 +113,6 @@ def test_every_evaluation_of_a_heun_step_shares_its_decisions(skip, guided_steps
 
 
 # --- combine ---------------------------------------------------------------------------------------------------------
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
 
 def reference_mean_ad(guided: torch.Tensor, mimic: torch.Tensor, percentile: float) -> torch.Tensor:
     """mcmonkey's MEAN start point, AD variability, per (sample, channel), φ = 1."""

@@ -4,17 +4,9 @@ import math
 
 import pytest
 import torch
+from reference import quantile
 
 from guiders.threshold import DynamicThreshold, imagen_threshold, mimic_threshold
-
-
-def quantile(values: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's / torch's default), by sorting."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def std(values: list[float]) -> float:
