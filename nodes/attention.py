@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import comfy.ldm.modules.attention as attention
 import torch
 from comfy.model_patcher import set_model_options_patch_replace
@@ -19,8 +21,8 @@ def with_perturbed_attention(model_options: dict, blocks: tuple[Block, ...], per
     options = model_options.copy()
     replaced = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for kind, number, transformer in blocks:
-        key = (kind, number) if transformer is None else (kind, number, transformer)
-        previous = replaced.get(key)
+        # ComfyUI tries (kind, number, transformer) first, then (kind, number): so does the lookup of what was there.
+        previous = replaced.get((kind, number, transformer)) or replaced.get((kind, number))
         options = set_model_options_patch_replace(options, _perturbing(previous, perturbed_index), "attn1", kind,
                                                   number, transformer)
     return options
@@ -29,16 +31,16 @@ def with_perturbed_attention(model_options: dict, blocks: tuple[Block, ...], per
 def _perturbing(previous, perturbed_index: int):
     def attn1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         chunks = extra_options["cond_or_uncond"]
-        perturbed = torch.tensor([index == perturbed_index for index in chunks]).repeat_interleave(
-            q.shape[0] // len(chunks)).to(q.device)
-        if not bool(perturbed.any()):
-            return _attention(previous, q, k, v, extra_options)
-        out = identity_attention(v).clone()
-        if not bool(perturbed.all()):
-            kept = ~perturbed
-            options = extra_options | {"cond_or_uncond": [index for index in chunks if index != perturbed_index]}
-            out[kept] = _attention(previous, q[kept], k[kept], v[kept], options)
-        return out
+        rows = q.shape[0] // len(chunks)
+        pieces, start = [], 0
+        # Runs of consecutive chunks are contiguous rows: slice them (views), never gather.
+        for perturbed, run in itertools.groupby(chunks, key=lambda index: index == perturbed_index):
+            run = list(run)
+            part = slice(start, start + len(run) * rows)
+            start = part.stop
+            pieces.append(identity_attention(v[part]) if perturbed else _attention(
+                previous, q[part], k[part], v[part], extra_options | {"cond_or_uncond": run}))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     return attn1
 
