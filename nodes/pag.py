@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from comfy.ldm.modules.attention import BasicTransformerBlock
+from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy_api.v0_0_2 import io
 
@@ -13,14 +14,17 @@ NODE = "SteerPAG"
 
 
 def available_blocks(model) -> dict[tuple[str, int], int]:
-    """(kind, number) → count of transformer blocks with self-attention, for a UNet diffusion model."""
-    unet = model.get_model_object("diffusion_model")
-    if not isinstance(unet, UNetModel):
-        raise ValueError(f"{NODE}: this model's diffusion model is {type(unet).__name__}, not a UNet (SD1.5, SDXL "
-                         "and their relatives). Perturbing self-attention in DiT/MMDiT models (SD3, Flux, video) would "
-                         "also cut the text tokens out, so Steer refuses instead of doing nothing.")
+    """(kind, number) → count of transformer blocks with self-attention: UNet blocks, or MMDiT (SD3) joint blocks."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    if isinstance(diffusion_model, MMDiT):
+        return {("joint", number): 1 for number in range(len(diffusion_model.joint_blocks))}
+    if not isinstance(diffusion_model, UNetModel):
+        raise ValueError(f"{NODE}: this model's diffusion model is {type(diffusion_model).__name__}; Steer's PAG "
+                         "works on UNets (SD1.5, SDXL and relatives) and MMDiT (SD3). Refusing instead of silently "
+                         "doing nothing.")
     found: dict[tuple[str, int], int] = {}
-    for kind, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
+    for kind, blocks in (("input", diffusion_model.input_blocks), ("middle", [diffusion_model.middle_block]),
+                         ("output", diffusion_model.output_blocks)):
         for number, block in enumerate(blocks):
             count = sum(isinstance(m, BasicTransformerBlock) for m in block.modules())
             if count:
@@ -50,15 +54,17 @@ class SteerPAG(io.ComfyNode):
                         "and steer away from that degraded prediction. Computed in the same batched model call as "
                         "the positive and negative (3 rows per image instead of 2 + a second call).",
             inputs=[
-                io.Model.Input("model", tooltip="A UNet model (SD1.5, SDXL); works with KSampler and every guider."),
+                io.Model.Input("model", tooltip="A UNet (SD1.5, SDXL) or MMDiT (SD3) model; works with KSampler and "
+                                                "every guider."),
                 io.Float.Input("scale", default=3.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="PAG scale s_p in D += s_p·(D_pos − D_perturbed); the paper uses 3.0 "
                                        "(with cfg 4.0). 0 disables it."),
                 io.String.Input("blocks", default="middle.0",
                                 tooltip="Where self-attention is perturbed: kind.number[.transformer], comma separated "
                                         "— e.g. \"middle.0\" (the paper's choice), \"input.4, middle.0, output.1\", or "
-                                        "\"output.0.2\" for one transformer of an SDXL block. Unknown blocks are an "
-                                        "error that lists the model's blocks."),
+                                        "\"output.0.2\" for one transformer of an SDXL block; \"joint.N\" for "
+                                        "SD3's joint blocks (image queries perturbed, text untouched). Unknown blocks "
+                                        "are an error that lists the model's blocks."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="First step (as sampling progress 0–1) with PAG."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,

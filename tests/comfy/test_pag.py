@@ -104,5 +104,26 @@ def test_unknown_blocks_and_dit_models_are_refused_before_sampling(inprocess_bed
     with pytest.raises(ValueError, match=r"middle\.0\.5 not in this model"):
         pag(steer_nodes, inprocess_bed.model, blocks="middle.0.5")
     assert "block 2 ('mid0')" in steer_nodes["SteerPAG"].validate_inputs(blocks="middle.0, mid0")
-    with pytest.raises(ValueError, match=r"SteerPAG: this model's diffusion model is \w+, not a UNet"):
+    with pytest.raises(ValueError, match=r"middle\.0 not in this model; it has self-attention in joint\.0$"):
         pag(steer_nodes, sd3_bed.model)
+
+
+def test_on_mmdit_the_image_queries_are_perturbed_in_the_same_call(sd3_bed, steer_nodes, monkeypatch):
+    bed = sd3_bed
+    model = pag(steer_nodes, bed.model, blocks="joint.0")
+    with model_calls(bed.model) as rows:
+        batched = ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
+    assert rows == [6] * 4
+    assert torch.isfinite(batched).all()
+    plain = ksampler(bed.model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
+    assert relative_error(batched, plain) > 1e-3
+    guider = steer_nodes["SteerGuider"].execute(model, bed.positive, bed.negative, 5.0).result[0]
+    assert torch.equal(custom_advanced(guider, "euler", bed.latent(2), steps=4), batched)
+    # Split into one entry per call, the perturbed rows are alone in theirs: the same latents.
+    estimate = bed.model.model.memory_required
+    monkeypatch.setattr(bed.model.model, "memory_required",
+                        lambda shape, **kwargs: estimate(shape, **kwargs) * (1e9 if shape[0] > 2 else 1))
+    with model_calls(bed.model) as rows:
+        split = ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
+    assert rows == [2, 2, 2] * 4
+    assert relative_error(split, batched) < 1e-4
