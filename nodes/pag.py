@@ -8,6 +8,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy_api.v0_0_2 import io
 
 from ..guiders.pag import Block, PerturbedAttention, format_block, parse_blocks
+from .checks import check_percent_window
 from .hooks import with_steer
 
 NODE = "SteerPAG"
@@ -84,9 +85,7 @@ class SteerPAG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, scale: float, blocks: str, start_percent: float, end_percent: float) -> io.NodeOutput:
-        if start_percent > end_percent:
-            raise ValueError(f"{NODE}: start_percent ({start_percent}) must not exceed end_percent ({end_percent}); "
-                             "both lie in 0.0–1.0")
+        check_percent_window(NODE, start_percent, end_percent)
         try:
             parsed = parse_blocks(blocks)
         except ValueError as error:

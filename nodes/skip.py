@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.skip import MODES, CFGSkip
+from .checks import check_percent_window
 from .hooks import with_steer
 
 NODE = "SteerCFGSkip"
@@ -46,9 +47,8 @@ class SteerCFGSkip(io.ComfyNode):
     @classmethod
     def execute(cls, model, mode: str, start_percent: float, end_percent: float, sigma_high: float, sigma_low: float,
                 threshold: float) -> io.NodeOutput:
-        if mode == "percent" and start_percent > end_percent:
-            raise ValueError(f"{NODE}: start_percent ({start_percent}) must not exceed end_percent ({end_percent}); "
-                             "both lie in 0.0–1.0")
+        if mode == "percent":
+            check_percent_window(NODE, start_percent, end_percent)
         if mode == "sigma" and sigma_low >= sigma_high:
             raise ValueError(f"{NODE}: sigma_low ({sigma_low}) must be below sigma_high ({sigma_high}); "
                              "both lie in 0–1000")

@@ -17,6 +17,14 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
+def one_entry_per_call(monkeypatch, bed) -> None:
+    """ComfyUI splits a call when the model's memory estimate for the batch exceeds free memory: make every batch of
+    more than one entry (of 2 rows) look too big, so each entry gets its own call."""
+    estimate = bed.model.model.memory_required
+    monkeypatch.setattr(bed.model.model, "memory_required",
+                        lambda shape, **kwargs: estimate(shape, **kwargs) * (1e9 if shape[0] > 2 else 1))
+
+
 def pag(steer_nodes, model, **inputs):
     values = {"scale": 3.0, "blocks": "middle.0", "start_percent": 0.0, "end_percent": 1.0} | inputs
     return steer_nodes["SteerPAG"].execute(model, **values).result[0]
@@ -51,11 +59,7 @@ def test_a_forced_memory_split_gives_the_same_latents(inprocess_bed, steer_nodes
     bed = inprocess_bed
     model = pag(steer_nodes, bed.model, blocks="input.1, middle.0, output.3")
     whole = ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
-    # ComfyUI splits a call when the model's memory estimate for the batch exceeds free memory: make every batch of
-    # more than one entry look too big, so each entry gets its own call.
-    estimate = bed.model.model.memory_required
-    monkeypatch.setattr(bed.model.model, "memory_required",
-                        lambda shape, **kwargs: estimate(shape, **kwargs) * (1e9 if shape[0] > 2 else 1))
+    one_entry_per_call(monkeypatch, bed)
     with model_calls(bed.model) as rows:
         split = ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
     assert rows == [2, 2, 2] * 4
@@ -120,9 +124,7 @@ def test_on_mmdit_the_image_queries_are_perturbed_in_the_same_call(sd3_bed, stee
     guider = steer_nodes["SteerGuider"].execute(model, bed.positive, bed.negative, 5.0).result[0]
     assert torch.equal(custom_advanced(guider, "euler", bed.latent(2), steps=4), batched)
     # Split into one entry per call, the perturbed rows are alone in theirs: the same latents.
-    estimate = bed.model.model.memory_required
-    monkeypatch.setattr(bed.model.model, "memory_required",
-                        lambda shape, **kwargs: estimate(shape, **kwargs) * (1e9 if shape[0] > 2 else 1))
+    one_entry_per_call(monkeypatch, bed)
     with model_calls(bed.model) as rows:
         split = ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
     assert rows == [2, 2, 2] * 4
