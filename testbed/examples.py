@@ -108,6 +108,17 @@ def _pag(b: _Builder, model: Link, **settings: Any) -> Link:
                                               "end_percent": 1.0, **settings}), 0]
 
 
+def _ksample_and_save(b: _Builder, name: str, model: Link, positive: str, negative: str, latent: str, vae: Link,
+                      cfg: float, sampler_name: str = "euler", scheduler: str = "normal") -> Graph:
+    """KSampler → VAEDecode → SaveImage(filename_prefix=name): the tail of every KSampler example."""
+    sampled = b.add("KSampler", model=model, seed=SEED, steps=STEPS, cfg=cfg, sampler_name=sampler_name,
+                    scheduler=scheduler, positive=[positive, 0], negative=[negative, 0], latent_image=[latent, 0],
+                    denoise=1.0)
+    image = b.add("VAEDecode", samples=[sampled, 0], vae=vae)
+    b.add("SaveImage", images=[image, 0], filename_prefix=name)
+    return b.graph
+
+
 def steer_cfg() -> Graph:
     """Text to image with SteerGuider at cfg 7 driving SamplerCustomAdvanced (euler, 8 steps, 64×64)."""
     return _sd15_custom_sampler("steer_cfg", 7.0, _no_patches)
@@ -161,11 +172,7 @@ def steer_ksampler() -> Graph:
     model = _dynamic_threshold(b, model, mimic_scale=6.0)
     model = _extra_negative(b, model, [ckpt, 1])
     latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    sampled = b.add("KSampler", model=model, seed=SEED, steps=STEPS, cfg=10.0, sampler_name="euler",
-                    scheduler="normal", positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0], denoise=1.0)
-    image = b.add("VAEDecode", samples=[sampled, 0], vae=[ckpt, 2])
-    b.add("SaveImage", images=[image, 0], filename_prefix="steer_ksampler")
-    return b.graph
+    return _ksample_and_save(b, "steer_ksampler", model, pos, neg, latent, [ckpt, 2], cfg=10.0)
 
 
 def steer_sd3_flow() -> Graph:
@@ -180,11 +187,7 @@ def steer_sd3_flow() -> Graph:
     model = _scale_schedule(b, [unet, 0], curve="cosine_down", cfg_min=1.5)
     model = _cfg_skip(b, model, mode="percent", start_percent=0.0, end_percent=0.8)
     latent = b.add("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)
-    sampled = b.add("KSampler", model=model, seed=SEED, steps=STEPS, cfg=5.0, sampler_name="euler",
-                    scheduler="simple", positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0], denoise=1.0)
-    image = b.add("VAEDecode", samples=[sampled, 0], vae=[vae, 0])
-    b.add("SaveImage", images=[image, 0], filename_prefix="steer_sd3_flow")
-    return b.graph
+    return _ksample_and_save(b, "steer_sd3_flow", model, pos, neg, latent, [vae, 0], cfg=5.0, scheduler="simple")
 
 
 def steer_pag() -> Graph:
@@ -216,12 +219,8 @@ def steer_cfg_pp_ksampler() -> Graph:
     neg = b.add("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=[ckpt, 1])
     model = _scale_schedule(b, [ckpt, 0], curve="linear_down", cfg_min=0.6)
     latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    sampled = b.add("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0,
-                    sampler_name="steer_euler_ancestral_cfg_pp", scheduler="normal", positive=[pos, 0],
-                    negative=[neg, 0], latent_image=[latent, 0], denoise=1.0)
-    image = b.add("VAEDecode", samples=[sampled, 0], vae=[ckpt, 2])
-    b.add("SaveImage", images=[image, 0], filename_prefix="steer_cfg_pp_ksampler")
-    return b.graph
+    return _ksample_and_save(b, "steer_cfg_pp_ksampler", model, pos, neg, latent, [ckpt, 2], cfg=1.0,
+                             sampler_name="steer_euler_ancestral_cfg_pp")
 
 
 EXAMPLES: dict[str, Callable[[], Graph]] = {build.__name__: build for build in (

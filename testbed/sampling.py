@@ -17,6 +17,19 @@ def sigmas(model, steps: int, scheduler: str = "normal") -> torch.Tensor:
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
 
 
+def core_guider(model, bed, cfg: float) -> comfy.samplers.CFGGuider:
+    """Core CFGGuider over `model` with a test bed's positive and negative (anything with those two attributes)."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(bed.positive, bed.negative)
+    guider.set_cfg(cfg)
+    return guider
+
+
+def steer_guider(node, model, bed, cfg: float):
+    """The SteerGuider node (class as ComfyUI registered it) over `model` with a test bed's conds."""
+    return node.execute(model, bed.positive, bed.negative, cfg).result[0]
+
+
 def run(guider, sampler_name: str, latent: torch.Tensor, steps: int = 6, seed: int = 1) -> torch.Tensor:
     """Sample `latent` with `guider` and a named k-diffusion sampler (no node plumbing around it)."""
     noise = comfy.sample.prepare_noise(latent, seed)

@@ -20,7 +20,7 @@ from comfy_extras.nodes_custom_sampler import (
     SamplerCustomAdvanced,
 )
 
-from testbed.sampling import ksampler, sigmas
+from testbed.sampling import core_guider, ksampler, sigmas
 
 STEER_SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2s_ancestral"]
 SCALES = [0.6, 1.0, 1.5]
@@ -46,13 +46,6 @@ def patch(steer_nodes):
         return steer_nodes[node_id].execute(model, **values).result[0]
 
     return apply
-
-
-def core_guider(model, bed, cfg: float) -> comfy.samplers.CFGGuider:
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(bed.positive, bed.negative)
-    guider.set_cfg(cfg)
-    return guider
 
 
 def basic_guider(model, bed) -> Guider_Basic:

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import comfy.samplers
 import pytest
 import torch
 from comfy_extras.nodes_model_advanced import RescaleCFG
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
-from testbed.sampling import model_calls, run
+from testbed.sampling import core_guider, model_calls, run, steer_guider
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2s_ancestral", "dpmpp_sde"]
-
-
-def core_guider(model, bed, cfg: float) -> comfy.samplers.CFGGuider:
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(bed.positive, bed.negative)
-    guider.set_cfg(cfg)
-    return guider
-
-
-def steer_guider(node, model, bed, cfg: float):
-    return node.execute(model, bed.positive, bed.negative, cfg).result[0]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -12,7 +12,7 @@ import torch
 from comfy_extras.nodes_custom_sampler import DualCFGGuider
 from comfy_extras.nodes_model_advanced import RescaleCFG
 
-from testbed.sampling import custom_advanced, ksampler, model_calls, run
+from testbed.sampling import core_guider, custom_advanced, ksampler, model_calls, run, steer_guider
 
 
 @pytest.fixture
@@ -27,17 +27,6 @@ def patch(steer_nodes):
         return cls.execute(model, **values).result[0]
 
     return apply
-
-
-def steer_guider(steer_guider_node, model, bed, cfg):
-    return steer_guider_node.execute(model, bed.positive, bed.negative, cfg).result[0]
-
-
-def core_guider(model, bed, cfg) -> comfy.samplers.CFGGuider:
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(bed.positive, bed.negative)
-    guider.set_cfg(cfg)
-    return guider
 
 
 class Reference(comfy.samplers.CFGGuider):
