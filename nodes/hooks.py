@@ -19,7 +19,10 @@ from comfy.patcher_extension import WrapperExecutor, WrappersMP
 from comfy.sampler_helpers import convert_cond
 
 from ..guiders.engine import Recipe, new_run
+from ..guiders.schedule import ScaleSchedule
+from ..guiders.skip import CFGSkip
 from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
+from ..guiders.threshold import DynamicThreshold
 from .cfg_pp import sample_dpmpp_2s_ancestral_cfg_pp
 from .predict import predict
 
@@ -44,11 +47,26 @@ def negative_key(index: int) -> str:
     return f"steer_negative_{index}"
 
 
+# Components that can hold only once per model, by the node that makes them (for the replacement warning).
+SINGLE_NODES = {ScaleSchedule: "Steer Scale Schedule (SteerScaleSchedule)",
+                DynamicThreshold: "Steer Dynamic Threshold (SteerDynamicThreshold)",
+                CFGSkip: "Steer CFG Skip (SteerCFGSkip)"}
+
+
 def with_steer(model, component=None):
-    """A clone of `model` (a ModelPatcher) with Steer's wrappers installed and `component` added to its recipe."""
+    """A clone of `model` (a ModelPatcher) with Steer's wrappers installed and `component` added to its recipe.
+
+    Extra negatives and PAG patches accumulate; a schedule, threshold or CFG-skip replaces the one already on the
+    model, and the log says which node won.
+    """
     patched = model.clone()
     if component is not None:
-        patched.model_options[RECIPE] = recipe_of(patched.model_options).adding(component)
+        recipe = recipe_of(patched.model_options)
+        earlier = recipe.replaced(component)
+        if earlier is not None and earlier != component:
+            logging.warning("Steer: the model already has a %s; the later one, nearer the sampler, wins: %s replaces "
+                            "%s. Only one can hold per model.", SINGLE_NODES[type(component)], component, earlier)
+        patched.model_options[RECIPE] = recipe.adding(component)
     if not patched.get_wrappers(WrappersMP.PREDICT_NOISE, KEY):
         patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _outer_sample)
         patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, _sampler_sample)
@@ -68,7 +86,13 @@ def _outer_sample(executor, *args, **kwargs):
 def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
     schedule = sigmas.tolist()
     pattern = STAGE_PATTERNS.get(getattr(executor.class_obj, "sampler_function", None))
-    extra_args["model_options"][RUN] = new_run(schedule, pattern and evaluations_per_step(pattern, schedule))
+    run = new_run(schedule, pattern and evaluations_per_step(pattern, schedule))
+    extra_args["model_options"][RUN] = run
+    scale_schedule = recipe_of(extra_args["model_options"]).schedule
+    unused = scale_schedule.unused_values(run.tracker.steps) if scale_schedule else 0
+    if unused:
+        logging.warning("Steer Scale Schedule: the custom schedule has %d values but this run has %d steps; the last "
+                        "%d are not used.", len(scale_schedule.custom), run.tracker.steps, unused)
     return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 

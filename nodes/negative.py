@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.negatives import MODES, ExtraNegative
+from .checks import check_inputs, validation
 from .hooks import with_steer
 
 
@@ -31,5 +32,10 @@ class SteerNegative(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return validation(cls, values)
+
+    @classmethod
     def execute(cls, model, negative, scale: float, mode: str) -> io.NodeOutput:
+        check_inputs(cls, {"scale": scale, "mode": mode})
         return io.NodeOutput(with_steer(model, ExtraNegative(negative, scale, mode)))
