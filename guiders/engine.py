@@ -138,7 +138,9 @@ def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, den
     if recipe.skip is None or recipe.skip.mode != "adaptive" or not step_plan.with_uncond:
         return
     cosine = noise_cosine(x, denoised_cond, denoised_uncond, alpha)
-    agree = (cosine >= recipe.skip.threshold).cpu() & step_plan.guided
+    # At α = 0 (σ = 1 on flow: pure noise) the noise is x itself whatever the prompt: the cosine says nothing there.
+    informative = torch.as_tensor(alpha).reshape(-1).cpu() > 0
+    agree = (cosine >= recipe.skip.threshold).cpu() & informative & step_plan.guided
     run.switched_at = torch.where(agree, torch.minimum(run.switched_at, torch.tensor(step_plan.step + 1)),
                                   run.switched_at)
 

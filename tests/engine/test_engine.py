@@ -420,3 +420,13 @@ def test_recipe_order_with_two_negatives_differs_only_in_their_order():
         results.append(recipe)
     assert all(r.schedule is schedule and set(map(id, r.negatives)) == {id(n1), id(n2)} for r in results)
     assert {tuple(map(id, r.negatives)) for r in results} == {(id(n1), id(n2)), (id(n2), id(n1))}
+
+
+def test_adaptive_does_not_decide_on_pure_noise():
+    # On flow models α = 1 − σ is 0 at σ = 1: the noise prediction is x itself for every prompt.
+    recipe = Recipe(skip=CFGSkip(mode="adaptive", threshold=THRESHOLD))
+    run = engine.new_run(SCHEDULE)
+    p = engine.plan(recipe, run, 7.0, SCHEDULE[0], 2)
+    x, d_c, d_u = branch_outputs(204, [True, True])
+    engine.observe(recipe, run, p, x, d_c, d_u, torch.tensor([0.0, 1.0]).view(-1, 1, 1, 1))
+    assert engine.plan(recipe, run, 7.0, SCHEDULE[1], 2).guided.tolist() == [True, False]
