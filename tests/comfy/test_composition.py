@@ -49,7 +49,7 @@ class Formula(comfy.samplers.CFGGuider):
         outputs = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
         perturbed = []
         for blocks in self.perturbed:
-            options = model_options
+            options = model_options.copy()  # set_model_options_patch_replace edits the dict it is given
             for kind, number in blocks:
                 options = set_model_options_patch_replace(options, lambda q, k, v, extra: v, "attn1", kind, number)
             perturbed += comfy.samplers.calc_cond_batch(self.inner_model, [self.conds["positive"]], x, timestep,
