@@ -24,7 +24,7 @@ from comfy_api.v0_0_2 import io
 from tqdm.auto import trange
 
 from ..guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dpmpp_2s_midpoint, dpmpp_2s_stage
-from .checks import check_inputs, validation
+from .checks import check_inputs
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -201,10 +201,6 @@ class SteerCFGPPSampler(io.ComfyNode):
             ],
             outputs=[io.Sampler.Output(tooltip="A sampler for SamplerCustomAdvanced / SamplerCustom.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values)
 
     @classmethod
     def execute(cls, sampler_name: str, eta: float, s_noise: float) -> io.NodeOutput:

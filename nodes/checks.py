@@ -2,9 +2,9 @@
 
 Every check that does not need the model runs twice: in `validate_inputs`, so a bad prompt is refused when it is
 queued, and again in `execute`, where values that came through a link arrive (ComfyUI 0.3.75 hands `validate_inputs`
-None for a linked input). A Steer node's `validate_inputs` takes **kwargs, which makes ComfyUI skip its own range
-and option checks for that node: `check_inputs` does them from the schema (NaN included, which ComfyUI's own range
-check lets through).
+None for a linked input, and checks nothing of a linked value). ComfyUI skips its own range and option checks for
+the inputs a `validate_inputs` names, so `check_inputs` does them from the schema (NaN included, which ComfyUI's own
+range check lets through); nodes without checks between inputs leave validation to ComfyUI and check in execute.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
-from .checks import check_inputs, validation
+from .checks import check_inputs
 from .hooks import with_steer
 
 
@@ -33,10 +33,6 @@ class SteerGuider(io.ComfyNode):
             ],
             outputs=[io.Guider.Output(tooltip="A guider for SamplerCustomAdvanced.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values)
 
     @classmethod
     def execute(cls, model, positive, negative, cfg: float) -> io.NodeOutput:

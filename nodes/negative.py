@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.negatives import MODES, ExtraNegative
-from .checks import check_inputs, validation
+from .checks import check_inputs
 from .hooks import with_steer
 
 
@@ -30,10 +30,6 @@ class SteerNegative(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model with the extra negative applied.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values)
 
     @classmethod
     def execute(cls, model, negative, scale: float, mode: str) -> io.NodeOutput:

@@ -95,8 +95,9 @@ class SteerPAG(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values, _cross)
+    def validate_inputs(cls, blocks: str | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        return validation(cls, {"blocks": blocks, "start_percent": start_percent, "end_percent": end_percent}, _cross)
 
     @classmethod
     def execute(cls, model, scale: float, blocks: str, start_percent: float, end_percent: float) -> io.NodeOutput:

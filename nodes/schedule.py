@@ -59,8 +59,8 @@ class SteerScaleSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values, _cross)
+    def validate_inputs(cls, curve: str | None = None, custom: str | None = None) -> bool | str:
+        return validation(cls, {"curve": curve, "custom": custom}, _cross)
 
     @classmethod
     def execute(cls, model, curve: str, cfg_min: float, switch_at: float, exponent: float,

@@ -54,8 +54,11 @@ class SteerCFGSkip(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values, _cross)
+    def validate_inputs(cls, mode: str | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None, sigma_high: float | None = None,
+                        sigma_low: float | None = None) -> bool | str:
+        return validation(cls, {"mode": mode, "start_percent": start_percent, "end_percent": end_percent,
+                                "sigma_high": sigma_high, "sigma_low": sigma_low}, _cross)
 
     @classmethod
     def execute(cls, model, mode: str, start_percent: float, end_percent: float, sigma_high: float, sigma_low: float,

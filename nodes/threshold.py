@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.threshold import MODES, STARTPOINTS, VARIABILITIES, DynamicThreshold
-from .checks import check_inputs, validation
+from .checks import check_inputs
 from .hooks import with_steer
 
 
@@ -40,10 +40,6 @@ class SteerDynamicThreshold(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model with dynamic thresholding applied.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return validation(cls, values)
 
     @classmethod
     def execute(cls, model, mode: str, mimic_scale: float, threshold_percentile: float, startpoint: str,
