@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from dataclasses import replace
 from functools import partial
 
 import comfy.hooks
@@ -136,7 +137,28 @@ def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
     if unused:
         logging.warning("Steer Scale Schedule: the custom schedule has %d values but this run has %d steps; the last "
                         "%d are not used.", len(scale_schedule.custom), run.tracker.steps, unused)
+    _guide_every_step_where_patches_need_the_negative(extra_args["model_options"])
     return executor(guider, sigmas, extra_args, *args, **kwargs)
+
+
+def hook_owner(fn) -> str:
+    """The node that registered a hook, as far as its name tells (core's are `Node.execute.<locals>.fn`)."""
+    return getattr(fn, "__qualname__", type(fn).__name__).split(".")[0]
+
+
+def _guide_every_step_where_patches_need_the_negative(options: dict) -> None:
+    """Patches that read the negative on every step say so with `disable_cfg1_optimization` (core's
+    SelfAttentionGuidance blurs with the negative's attention map and re-runs the negative). CFG-skip would leave
+    them without one, so with them this run guides every step, and the log says so, naming both sides. (CFG++
+    samplers add their own such hook later, inside the sampler: they take the cond where no negative is computed.)"""
+    recipe = recipe_of(options)
+    hooks = options.get("sampler_post_cfg_function", []) + options.get("sampler_pre_cfg_function", [])
+    if recipe.skip is None or not options.get("disable_cfg1_optimization") or not hooks:
+        return
+    options[RECIPE] = replace(recipe, skip=None)
+    logging.warning("Steer: SteerCFGSkip cannot compose with %s: that patch reads the negative on every step, which a "
+                    "skipped step does not compute. This run guides every step (no CFG skip).",
+                    ", ".join(dict.fromkeys(hook_owner(fn) for fn in hooks)))
 
 
 PATCH_NODES = {"schedule": "SteerScaleSchedule", "threshold": "SteerDynamicThreshold", "skip": "SteerCFGSkip"}
