@@ -50,21 +50,26 @@ def evaluate(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: 
                        has_uncond=negative is not None)
     uncond = negative if step.with_uncond else None
     conds = [positive, uncond]
-    branches = conds + [guider.conds[negative_key(i)] for i in step.negatives]
-    call_options = model_options
-    if step.with_perturbed:
-        # Each PAG patch's perturbed cond is one more entry of the same batched call; the attention patch finds its
-        # rows by entry index.
-        first = len(branches)
-        perturbations = [(recipe.perturbations[i].blocks, first + n) for n, i in enumerate(step.perturbed)]
-        call_options = with_perturbed_attention(model_options, perturbations)
-        branches += [positive] * len(step.perturbed)
+    # Extra negatives, then each PAG patch's perturbed cond: more entries of the same batched call, whose attention
+    # patch finds the perturbed rows by entry index.
+    extra = [guider.conds[negative_key(i)] for i in step.negatives] + [positive] * len(step.perturbed)
+
+    def call_options(first_extra: int) -> dict:
+        if not step.with_perturbed:
+            return model_options
+        first = first_extra + len(step.negatives)
+        return with_perturbed_attention(model_options, [(recipe.perturbations[i].blocks, first + n)
+                                                        for n, i in enumerate(step.perturbed)])
 
     if "sampler_calc_cond_batch_function" in model_options:
-        args = {"conds": branches, "input": x, "sigma": sigma, "model": model, "model_options": call_options}
+        # The slot's protocol is core's: exactly [cond, uncond or None] (SkipLayerGuidanceDiTSimple unpacks two). The
+        # extra branches go to core's calc_cond_batch in a call of their own.
+        args = {"conds": conds, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
         out = list(model_options["sampler_calc_cond_batch_function"](args))
+        if extra:
+            out += calc_cond_batch(model, extra, x, sigma, call_options(0))
     else:
-        out = calc_cond_batch(model, branches, x, sigma, call_options)
+        out = calc_cond_batch(model, conds + extra, x, sigma, call_options(len(conds)))
     out, denoised_negatives, denoised_perturbed = out[:2], out[2:2 + len(step.negatives)], out[2 + len(step.negatives):]
     if step.with_uncond:
         engine.observe(recipe, run, step, x, out[0], out[1], signal_scale(guider.model_patcher, x, sigma))

@@ -81,6 +81,11 @@ CORE = {
 }
 
 
+# Batch 2 unless the core node needs another: RenormCFG fails in core itself at batch > 1 (`if tensor >= tensor` on a
+# per-sample norm); the video nodes spread the scale over the batch as frames, and at batch 2 both get min_cfg.
+BATCH = {"RenormCFG": 1, "VideoLinearCFGGuidance": 3, "VideoTriangleCFGGuidance": 3}
+
+
 @dataclass(frozen=True)
 class SteerCase:
     """A Steer patch in a neutral and an acting setting, and what the acting one means for the reference."""
@@ -144,12 +149,15 @@ class Composed(comfy.samplers.CFGGuider):
         scale = self.step_scale(step, steps)
         guided = self.case.node != "SteerCFGSkip" or step / (steps - 1) >= self.inputs["start_percent"]
         positive, negative = self.conds["positive"], self.conds["negative"] if guided else None
-        branches = [positive, negative] + ([self.conds["extra"]] if self.extra is not None and guided else [])
+        extra = [self.conds["extra"]] if self.extra is not None and guided else []
         calc = model_options.get("sampler_calc_cond_batch_function")
         model = self.inner_model
-        out = list(calc({"conds": branches, "input": x, "sigma": timestep, "model": model,
-                         "model_options": model_options}) if calc else
-                   calc_cond_batch(model, branches, x, timestep, model_options))
+        if calc:  # core's protocol for that slot: [cond, uncond]; the extra negative in a call of its own
+            out = list(calc({"conds": [positive, negative], "input": x, "sigma": timestep, "model": model,
+                             "model_options": model_options}))
+            out += calc_cond_batch(model, extra, x, timestep, model_options) if extra else []
+        else:
+            out = calc_cond_batch(model, [positive, negative, *extra], x, timestep, model_options)
         out, denoised_extra = out[:2], out[2:]
         if not guided:
             out[1] = out[0]
@@ -180,8 +188,9 @@ class Composed(comfy.samplers.CFGGuider):
 
     def perturbed(self, x, timestep, model_options):
         """D̂_c in a call of its own, identity self-attention in the UNet's middle block (PAG's default)."""
+        # Keyed with the transformer index too: ComfyUI prefers that key, and SAG registers its patch under it.
         options = set_model_options_patch_replace(model_options.copy(), lambda q, k, v, extra: v, "attn1", "middle",
-                                                  0)
+                                                  0, 0)
         return calc_cond_batch(self.inner_model, [self.conds["positive"]], x, timestep, options)[0]
 
 
@@ -207,7 +216,7 @@ def test_core_node_with_steer_patch(inprocess_bed, steer_nodes, core_name, patch
         pytest.skip("SteerPAG on SD3 with core's DiT skip-layer guidance: covered by test_pag_on_dit_with_slg")
     bed = bed_for(kind, inprocess_bed)
     core_model = core_patch(bed.model)
-    latent = bed.latent(2)
+    latent = bed.latent(BATCH.get(core_name, 2))
     alone = ksampler(core_model, bed.positive, bed.negative, CFG, "euler", latent, steps=STEPS)
     assert torch.isfinite(alone).all()
 
@@ -218,6 +227,7 @@ def test_core_node_with_steer_patch(inprocess_bed, steer_nodes, core_name, patch
     else:  # a zero-weight branch still rides in the batched call, and batches of other sizes round differently
         assert relative_error(neutral, alone) < 1e-4
 
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         acting = ksampler(steer_patch(steer_nodes, core_model, bed, case, case.acting), bed.positive, bed.negative,
                           CFG, "euler", latent, steps=STEPS)
@@ -288,7 +298,7 @@ def test_steer_guider_and_cfg_pp_sampler_with_every_core_node(inprocess_bed, ste
     for core_name, (core_patch, _slot, kind) in CORE.items():
         bed = bed_for(kind, inprocess_bed)
         model = core_patch(bed.model)
-        latent = bed.latent(2)
+        latent = bed.latent(BATCH.get(core_name, 2))
         expected = custom_advanced(core_guider(model, bed, CFG), "euler", latent, steps=STEPS)
         guider = steer_nodes["SteerGuider"].execute(model, bed.positive, bed.negative, CFG).result[0]
         assert torch.equal(custom_advanced(guider, "euler", latent, steps=STEPS), expected), core_name
