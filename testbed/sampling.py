@@ -66,13 +66,15 @@ def ksampler(model, positive, negative, cfg: float, sampler_name: str, latent: t
 
 
 def custom_advanced(guider, sampler_name, latent: torch.Tensor, steps: int = 6, seed: int = 1,
-                    scheduler: str = "normal", denoise: float = 1.0) -> torch.Tensor:
+                    scheduler: str = "normal", denoise: float = 1.0,
+                    noise_mask: torch.Tensor | None = None) -> torch.Tensor:
     """SamplerCustomAdvanced with RandomNoise, KSamplerSelect (or a SAMPLER given instead of a name) and
-    BasicScheduler, as a workflow runs them."""
+    BasicScheduler, as a workflow runs them; `noise_mask` as SetLatentNoiseMask puts it on the latent."""
     noise = RandomNoise.execute(seed).result[0]
     sampler = KSamplerSelect.execute(sampler_name).result[0] if isinstance(sampler_name, str) else sampler_name
     schedule = BasicScheduler.execute(guider.model_patcher, scheduler, steps, denoise).result[0]
-    return SamplerCustomAdvanced.execute(noise, guider, sampler, schedule, {"samples": latent}).result[0]["samples"]
+    latent_image = {"samples": latent} | ({"noise_mask": noise_mask} if noise_mask is not None else {})
+    return SamplerCustomAdvanced.execute(noise, guider, sampler, schedule, latent_image).result[0]["samples"]
 
 
 @contextlib.contextmanager
