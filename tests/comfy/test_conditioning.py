@@ -70,7 +70,7 @@ def combined(bed):
 
 
 def token_lengths(bed):
-    """8, 77 and 154 tokens: lcm ratios above 4, so core cannot concatenate them into one call."""
+    """8, 77 and 154 tokens: 8 against the others has an lcm ratio above 4, so core calls it separately."""
     model, positive, _negative, _third = _tiny(bed)
     negative = hand_built_conds(77, TINY_CONTEXT_DIM, seed=8)[0]
     third = hand_built_conds(154, TINY_CONTEXT_DIM, seed=9)[0]
@@ -160,7 +160,7 @@ def test_conditioning_variety_equals_the_reference_with_its_rows(inprocess_bed, 
     assert ((actual - expected).norm() / expected.norm()).item() < 1e-5
     assert rows == reference_rows  # the same calls, the same rows: nothing more than core computes
     if name == "token_lengths":
-        assert rows == [2, 2, 2] * STEPS  # one call per entry: core could not concatenate them
+        assert rows == [2, 4] * STEPS  # 8 tokens apart; 77 and 154 (ratio 2) concatenated by core
     skipping = apply(steer_nodes, model, "SteerCFGSkip", mode="percent", start_percent=0.25, end_percent=1.0)
     expected = _reference(setup, _formula(0.25))
     assert ((_ksampler(skipping, setup) - expected).norm() / expected.norm()).item() < 1e-4
