@@ -135,6 +135,7 @@ class Composed(comfy.samplers.CFGGuider):
         self.extra = (bed.positive if bed.channels == 4 else bed.third) if case.node == "SteerNegative" else None
         if self.extra is not None:
             self.inner_set_conds({"extra": self.extra})
+        self.image_tokens = (bed.latent(1).shape[-1] // 2) ** 2 if bed.channels == 16 else 0
 
     def step_scale(self, step: int, steps: int) -> float:
         if self.case.node == "SteerScaleSchedule":
@@ -187,11 +188,21 @@ class Composed(comfy.samplers.CFGGuider):
         return denoised
 
     def perturbed(self, x, timestep, model_options):
-        """D̂_c in a call of its own, identity self-attention in the UNet's middle block (PAG's default)."""
-        # Keyed with the transformer index too: ComfyUI prefers that key, and SAG registers its patch under it.
-        options = set_model_options_patch_replace(model_options.copy(), lambda q, k, v, extra: v, "attn1", "middle",
-                                                  0, 0)
+        """D̂_c in a call of its own: identity self-attention in the UNet's middle block (PAG's default), or, on the
+        one-block SD3 MMDiT, identity attention for the image queries of its joint block (text queries unchanged)."""
+        if self.image_tokens:
+            transformer_options = model_options.get("transformer_options", {}) | {
+                "optimized_attention_override": self.identity_image_queries}
+            options = model_options | {"transformer_options": transformer_options}
+        else:  # keyed with the transformer index too: ComfyUI prefers that key, and SAG registers its patch under it
+            options = set_model_options_patch_replace(model_options.copy(), lambda q, k, v, extra: v, "attn1",
+                                                      "middle", 0, 0)
         return calc_cond_batch(self.inner_model, [self.conds["positive"]], x, timestep, options)[0]
+
+    def identity_image_queries(self, func, q, k, v, *args, **kwargs):
+        out = func(q, k, v, *args, **kwargs).clone()
+        out[:, -self.image_tokens:] = v.reshape(out.shape)[:, -self.image_tokens:]  # MMDiT orders [text, image]
+        return out
 
 
 def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor) -> torch.Tensor:
@@ -212,8 +223,6 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def test_core_node_with_steer_patch(inprocess_bed, steer_nodes, core_name, patch_name, caplog):
     core_patch, _slot, kind = CORE[core_name]
     case = PATCHES[patch_name]
-    if case.node == "SteerPAG" and kind == "dit":
-        pytest.skip("SteerPAG on SD3 with core's DiT skip-layer guidance: covered by test_pag_on_dit_with_slg")
     bed = bed_for(kind, inprocess_bed)
     core_model = core_patch(bed.model)
     latent = bed.latent(BATCH.get(core_name, 2))
