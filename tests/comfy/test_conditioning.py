@@ -5,6 +5,7 @@ calc_cond_batch plus the formula), and Steer's model calls carry exactly the ref
 from __future__ import annotations
 
 import comfy.controlnet
+import comfy.hooks
 import comfy.model_patcher
 import comfy.supported_models
 import pytest
@@ -112,6 +113,17 @@ def controlnet(_bed):
     return Setup(family.model, positive, negative, third, {"samples": torch.zeros(1, 4, 8, 8)})
 
 
+def lora_hooks(bed):
+    """A hook group (core's model-as-LoRA weight hook, as CreateHookModelAsLora makes) on the positive only: the
+    positive and the negatives then need different weights, so core calls them separately."""
+    model, positive, negative, third = _tiny(bed)
+    weights = {key: value * 1.3 for key, value in model.model.state_dict().items()
+               if key.startswith("diffusion_model.") and ".attn1.to_q." in key}
+    hooks = comfy.hooks.create_hook_model_as_lora(weights, None, 0.8, 0.0)
+    hooked = comfy.hooks.set_hooks_for_conditioning(positive, hooks)
+    return Setup(model, hooked, negative, third, {"samples": torch.zeros(2, 4, 8, 8)})
+
+
 def no_negative(bed):
     """A positive with an empty negative (no entries): core's calc_cond_batch gives it as zeros; Steer the same."""
     model, positive, _negative, third = _tiny(bed)
@@ -120,7 +132,7 @@ def no_negative(bed):
 
 SETUPS = {"area": area, "mask": mask, "timestep_range": timestep_range, "combined": combined,
           "token_lengths": token_lengths, "img2img": img2img, "inpainting": inpainting, "controlnet": controlnet,
-          "no_negative": no_negative}
+          "lora_hooks": lora_hooks, "no_negative": no_negative}
 
 
 def _formula(skip_until: float):
@@ -161,6 +173,11 @@ def test_conditioning_variety_equals_the_reference_with_its_rows(inprocess_bed, 
     assert rows == reference_rows  # the same calls, the same rows: nothing more than core computes
     if name == "token_lengths":
         assert rows == [2, 4] * STEPS  # 8 tokens apart; 77 and 154 (ratio 2) concatenated by core
+    if name == "lora_hooks":
+        assert sorted(rows) == sorted([2, 4] * STEPS)  # the hooked positive in a call of its own
+        plain = _ksampler(model, Setup(setup.model, inprocess_bed.positive, setup.negative, setup.extra,
+                                       setup.latent))
+        assert ((actual - plain).norm() / plain.norm()).item() > 1e-3  # the hook really changes the positive
     skipping = apply(steer_nodes, model, "SteerCFGSkip", mode="percent", start_percent=0.25, end_percent=1.0)
     expected = _reference(setup, _formula(0.25))
     assert ((_ksampler(skipping, setup) - expected).norm() / expected.norm()).item() < 1e-4
