@@ -90,8 +90,10 @@ def test_a_bad_linked_value_is_refused_when_it_arrives(server: ComfyServer, node
     ("SteerPAG", {"start_percent": 0.9, "end_percent": 0.1}, "start_percent", "input 'start_percent' (0.9)"),
     ("SteerPAG", {"blocks": "mid0"}, "blocks", "input 'blocks': block 1 ('mid0')"),
     ("SteerScaleSchedule", {"curve": "custom", "custom": "1_000"}, "custom", "input 'custom': value 1 ('1_000')"),
-    ("SteerScaleSchedule", {"curve": "custom", "custom": "8, 1e-400"}, "custom", "value 2 ('1e-400') is too small"),
-    ("SteerScaleSchedule", {"curve": "custom", "custom": " "}, "custom", "curve is 'custom' but no scales"),
+    ("SteerScaleSchedule", {"curve": "custom", "custom": "8, 1e-400"}, "custom",
+     "input 'custom': value 2 ('1e-400') is too small"),
+    ("SteerScaleSchedule", {"curve": "custom", "custom": " "}, "custom",
+     "input 'custom': curve is 'custom' but no scales"),
 ], ids=["window", "sigmas", "nan", "pag-window", "blocks", "underscore", "underflow", "empty-custom"])
 def test_model_free_mistakes_are_refused_when_queued(server: ComfyServer, node: str, inputs: dict[str, Any],
                                                      input_name: str, expected: str) -> None:

@@ -220,3 +220,15 @@ def test_adaptive_skip_on_a_flow_model_follows_the_noise_prediction(inprocess_be
     with model_calls(bed.model) as rows:
         sample(_core(model, bed, 5.0), bed.latent(1), steps=8)
     assert rows == [2] * switch + [1] * (8 - switch)
+
+
+# --- item 12: custom values beyond the run --------------------------------------------------------------------------
+
+def test_custom_values_beyond_the_run_are_reported_once(inprocess_bed, steer_nodes, caplog):
+    bed = inprocess_bed
+    model = apply(steer_nodes, bed.model, "SteerScaleSchedule", curve="custom", custom="9, 6, 3, 2, 1")
+    with caplog.at_level(logging.WARNING):
+        ksampler(model, bed.positive, bed.negative, 5.0, "heun", bed.latent(1), steps=3)
+    reports = [r.getMessage() for r in caplog.records if "custom schedule" in r.getMessage()]
+    assert reports == ["Steer Scale Schedule: the custom schedule has 5 values but this run has 3 steps; the last 2 "
+                       "are not used."]
