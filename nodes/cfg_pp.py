@@ -226,8 +226,10 @@ def sample_gradient_estimation_cfg_pp(model, x: torch.Tensor, sigmas: torch.Tens
     return run.loop(x, step, callback, disable)
 
 
-def _dpmpp_sde_cfg_pp(history: int, solver: str, cpu_noise: bool, doc: str) -> Callable:
-    """A CFG++ DPM-Solver++ SDE sampler keeping `history` earlier uncond x0s (1: 2M, 2: 3M)."""
+def _dpmpp_sde_cfg_pp(name: str, history: int, solver: str) -> Callable:
+    """The CFG++ form of core's DPM-Solver++ SDE sampler `name`, keeping `history` earlier uncond x0s (1: 2M, 2: 3M);
+    the `_gpu` ones draw their Brownian tree on x's device, the others on the CPU, as core's."""
+    cpu_noise = not name.endswith("_gpu")
 
     @torch.no_grad()
     def sample(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
@@ -247,17 +249,10 @@ def _dpmpp_sde_cfg_pp(history: int, solver: str, cpu_noise: bool, doc: str) -> C
 
         return run.loop(x, step, callback, disable)
 
-    sample.__doc__ = doc
+    sample.__doc__ = (f"CFG++ DPM-Solver++({history + 1}M) SDE, α-aware: from x̃_s with D_λ and the uncond history, "
+                      "so x_t = α_t·D_λ + σ_t·(e^{−ηh}·ε_u + √(1 − e^{−2ηh})·z) + the multistep terms; ComfyUI's "
+                      f"{name} without guidance.")
     return sample
-
-
-_SDE_DOC = ("CFG++ DPM-Solver++({order}) SDE, α-aware: from x̃_s with D_λ and the uncond history, so x_t = α_t·D_λ + "
-            "σ_t·(e^{{−ηh}}·ε_u + √(1 − e^{{−2ηh}})·z) + the multistep terms; ComfyUI's {name} without guidance.")
-
-
-def _sde_sampler(name: str, history: int, solver: str) -> Callable:
-    cpu_noise = not name.endswith("_gpu")
-    return _dpmpp_sde_cfg_pp(history, solver, cpu_noise, _SDE_DOC.format(order=f"{history + 1}M", name=name))
 
 
 SAMPLERS = {
@@ -268,9 +263,9 @@ SAMPLERS = {
     "res_multistep": sample_res_multistep_cfg_pp,
     "res_multistep_ancestral": sample_res_multistep_ancestral_cfg_pp,
     "gradient_estimation": sample_gradient_estimation_cfg_pp,
-    **{name: _sde_sampler(name, 1, "heun" if "heun" in name else "midpoint")
+    **{name: _dpmpp_sde_cfg_pp(name, 1, "heun" if "heun" in name else "midpoint")
        for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu")},
-    **{name: _sde_sampler(name, 2, "heun") for name in ("dpmpp_3m_sde", "dpmpp_3m_sde_gpu")},
+    **{name: _dpmpp_sde_cfg_pp(name, 2, "heun") for name in ("dpmpp_3m_sde", "dpmpp_3m_sde_gpu")},
 }
 # The samplers that take the node's eta and s_noise (the others are deterministic).
 NOISE_OPTIONS = {name for name, function in SAMPLERS.items() if "eta" in inspect.signature(function).parameters}
