@@ -40,6 +40,7 @@ from ..guiders.cfg_pp import (
     gradient_estimation_step,
     res_multistep_step,
 )
+from .checks import check_inputs
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -319,5 +320,6 @@ class SteerCFGPPSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, sampler_name: str, eta: float, s_noise: float) -> io.NodeOutput:
+        check_inputs(cls, {"sampler_name": sampler_name, "eta": eta, "s_noise": s_noise})
         options = {"eta": eta, "s_noise": s_noise} if sampler_name in NOISE_OPTIONS else {}
         return io.NodeOutput(comfy.samplers.KSAMPLER(SAMPLERS[sampler_name], extra_options=options))
