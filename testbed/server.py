@@ -50,7 +50,12 @@ def free_port() -> int:
 class ComfyServer:
     """Context manager around one ComfyUI process with Steer loaded from the test bed's base directory."""
 
-    def __init__(self, output_dir: Path, log_path: Path | None = None, startup_timeout: float = 180.0) -> None:
+    def __init__(self, output_dir: Path, log_path: Path | None = None, startup_timeout: float = 180.0,
+                 base: Path = BASE, user_directory: Path | None = None) -> None:
+        """`base`: the --base-directory (custom_nodes/, models/ ...); `user_directory`: a fresh one for a browser
+        that must see a first start (settings, workflows), instead of base/user."""
+        self.base = base
+        self.user_directory = user_directory
         self.output_dir = Path(output_dir).resolve()
         self.log_path = Path(log_path) if log_path else self.output_dir / "comfyui.log"
         self.startup_timeout = startup_timeout
@@ -74,7 +79,9 @@ class ComfyServer:
         python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
         command = [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                    "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-                   "--base-directory", str(BASE), "--output-directory", str(self.output_dir)]
+                   "--base-directory", str(self.base), "--output-directory", str(self.output_dir)]
+        if self.user_directory is not None:
+            command += ["--user-directory", str(self.user_directory)]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
@@ -175,6 +182,6 @@ class ComfyServer:
                       f"{data['exception_message'].strip()}"
                       for kind, data in outcome.get("messages", []) if kind == "execution_error"]
             raise PromptError(f"prompt {prompt_id} failed: {'; '.join(errors) or outcome}\n" + self.log_tail(), outcome)
-        folders = {"output": self.output_dir, "temp": BASE / "temp"}
+        folders = {"output": self.output_dir, "temp": self.base / "temp"}
         return [folders[image["type"]] / image["subfolder"] / image["filename"]
                 for output in entry["outputs"].values() for image in output.get("images", [])]

@@ -1,0 +1,208 @@
+"""Every example workflow as a user meets it: the real front end (comfyui-frontend-package, served by the test bed's
+ComfyUI) in headless Chromium driven by Playwright. One browser and one ComfyUI with Steer serve all tests; a second
+ComfyUI without Steer gives the baseline of the front end's own console noise.
+
+For each example: its card (title, thumbnail) is in the Templates pane under the pack's folder name; clicking it
+loads the graph with no console error the baseline lacks; the Steer nodes show their widgets; Fit View at 1600×1000
+zooms to ≥ 60 % (the front end draws no text below); after the test bed's swap (tiny models, 64², ≤ 8 steps, done
+on the widgets in the page) Run finishes and both images (plain CFG and Steer) appear in their nodes.
+Screenshots: tests/results/browser/<example>-{loaded,done}.png.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.comfy import BASE, ROOT
+from testbed.examples import EXAMPLES, Example
+from testbed.server import ComfyServer
+from testbed.swap import TESTBED_VALUES
+from testbed.workflow import input_specs, is_widget
+
+playwright = pytest.importorskip("playwright.sync_api", reason="scripts/setup.sh installs playwright")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+WINDOW = {"width": 1600, "height": 1000}
+RESULTS = ROOT / "tests" / "results" / "browser"
+READABLE_ZOOM = 0.6
+RUN_TIMEOUT_MS = 300_000  # a guard against a hung run, never a speed requirement
+# The machines this runs on reach no network: the front end's calls to its vendor's registry (one per custom node
+# type when a workflow loads) are blocked, and so is the size lookup of the Missing Models dialog for each download
+# URL in a loader's `models` (what offers users the checkpoint). They are the front end's own requests.
+OFFLINE = re.compile(r"api\.comfy\.org|huggingface\.co|Error fetching file size: TypeError: Failed to fetch|"
+                     r"ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED|ERR_CONNECTION_REFUSED")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert CHROMIUM.exists(), "scripts/setup.sh installs Debian's chromium at /usr/bin/chromium"
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def _fresh_server(tmp: Path, base: Path) -> ComfyServer:
+    (tmp / "user").mkdir(parents=True)
+    return ComfyServer(tmp / "output", base=base, user_directory=tmp / "user")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    with _fresh_server(tmp_path_factory.mktemp("steer"), BASE) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pack() -> str:
+    (name,) = (path.name for path in (BASE / "custom_nodes").iterdir() if path.resolve() == ROOT)
+    return name
+
+
+@pytest.fixture(scope="module")
+def object_info(server: ComfyServer) -> dict[str, Any]:
+    return server.object_info()
+
+
+def console_key(message: Any) -> str:
+    """A console message without what changes between servers (ports, line:column)."""
+    where = re.sub(r"https?://[^/]+", "", message.location.get("url", "") or "")
+    text = re.sub(r"https?://127\.0\.0\.1:\d+", "", message.text.splitlines()[0] if message.text else "")
+    return re.sub(r":\d+:\d+", "", f"{message.type}: {text} @ {where}")
+
+
+class Page:
+    """A fresh browser page on a server, recording console errors and warnings."""
+
+    def __init__(self, browser: Any, server: ComfyServer) -> None:
+        self.context = browser.new_context(viewport=WINDOW)
+        self.page = self.context.new_page()
+        self.console: list[str] = []
+        self.page.on("console", lambda m: m.type in ("error", "warning") and self.console.append(console_key(m)))
+        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+        self.page.goto(server.url)
+        self.page.wait_for_function("window.app && window.app.graph && app.canvas", timeout=120_000)
+
+    def open_templates(self) -> None:
+        """The Templates pane (a fresh user directory opens it by itself)."""
+        dialog = self.page.get_by_role("dialog")
+        if not dialog.count():
+            self.page.get_by_role("button", name="Templates", exact=True).click()
+        self.page.get_by_text("All Templates").first.wait_for()
+        self.page.wait_for_load_state("networkidle")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Console errors and warnings of the same front end with no custom nodes, Templates pane opened."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    base = tmp / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    with _fresh_server(tmp, base) as bare:
+        page = Page(browser, bare)
+        page.open_templates()
+        page.page.wait_for_timeout(1000)
+        noise = set(page.console)
+        page.close()
+    return noise
+
+
+@pytest.fixture(scope="module")
+def results() -> Path:
+    shutil.rmtree(RESULTS, ignore_errors=True)
+    RESULTS.mkdir(parents=True)
+    return RESULTS
+
+
+def new_errors(console: list[str], baseline: set[str]) -> list[str]:
+    return [line for line in console if line not in baseline and not OFFLINE.search(line)]
+
+
+def widget_names(info: dict[str, Any]) -> set[str]:
+    return {name for name, spec, _ in input_specs(info) if is_widget(spec)}
+
+
+SWAP_JS = """values => {
+  for (const node of app.graph.nodes) for (const widget of node.widgets ?? []) {
+    const rule = values[widget.name];
+    if (rule === undefined) continue;
+    const value = typeof rule === "object" ? (rule[widget.value] ?? widget.value) : Math.min(widget.value, rule);
+    widget.value = value;
+    widget.callback?.(value);
+  }
+}"""
+
+IMAGES_JS = """() => app.graph.nodes.filter(n => n.type === "SaveImage" || n.type === "PreviewImage")
+  .map(n => ({type: n.type, loaded: (n.imgs ?? []).filter(i => i.complete && i.naturalWidth > 0).length}))"""
+
+
+def test_baseline_load_is_not_silent(baseline: set[str]) -> None:
+    """The baseline really records console output (the front end's own 404s), so comparing with it means
+    something."""
+    assert baseline
+
+
+@pytest.mark.parametrize("key", list(EXAMPLES))
+def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set[str], object_info: dict[str, Any],
+                                pack: str, results: Path, key: str) -> None:
+    example: Example = EXAMPLES[key]
+    workflow = json.loads(example.path.read_text())
+    page = Page(browser, server)
+    try:
+        p = page.page
+        page.open_templates()
+        p.get_by_text(pack, exact=True).first.click()
+        card = p.get_by_text(example.title, exact=True)
+        card.wait_for()
+        card.scroll_into_view_if_needed()
+        thumbnail = card.locator("xpath=ancestor::*[.//img][1]//img").first
+        p.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle(),
+                            timeout=30_000)  # the card's <name>.jpg
+        card.click()
+        p.wait_for_function(f"app.graph.nodes.length === {len(workflow['nodes'])}", timeout=30_000)
+        # The test bed has no real checkpoint: the front end offers the download named in the loader's `models`.
+        missing = p.get_by_role("dialog").filter(has_text="Missing Models")
+        missing.wait_for()
+        assert f"checkpoints / {example.family.checkpoint}" in missing.inner_text()
+        assert missing.get_by_role("button", name=re.compile("Download")).count() == 1
+        p.keyboard.press("Escape")
+        missing.wait_for(state="detached")
+
+        for node in p.evaluate("""() => app.graph.nodes.filter(n => n.comfyClass?.startsWith("Steer"))
+                                  .map(n => ({type: n.comfyClass, widgets: (n.widgets ?? []).map(w => w.name),
+                                              size: n.size}))"""):
+            assert widget_names(object_info[node["type"]]) <= set(node["widgets"]), node
+            assert node["size"][0] > 0 and node["size"][1] > 0, node
+
+        p.get_by_role("button", name="Fit View (.)").click()
+        p.wait_for_timeout(300)
+        zoom = p.evaluate("app.canvas.ds.scale")
+        p.screenshot(path=results / f"{key}-loaded.png")
+        assert zoom >= READABLE_ZOOM, f"Fit View zooms to {zoom:.2f} in a 1600×1000 window"
+
+        p.evaluate(SWAP_JS, TESTBED_VALUES)
+        p.evaluate("""() => { window.__steerErrors = [];
+            app.api.addEventListener("execution_error", e => window.__steerErrors.push(e.detail)); }""")
+        p.get_by_role("button", name="Run", exact=True).click()
+        p.wait_for_function(f"""() => window.__steerErrors.length ||
+            ({IMAGES_JS})().every(n => n.loaded > 0)""", timeout=RUN_TIMEOUT_MS)
+        errors = p.evaluate("window.__steerErrors")
+        assert not errors, errors
+        images = p.evaluate(IMAGES_JS)
+        assert sorted(n["type"] for n in images) == ["PreviewImage", "SaveImage"], images
+        p.screenshot(path=results / f"{key}-done.png")
+        assert not new_errors(page.console, baseline), new_errors(page.console, baseline)
+    finally:
+        page.close()
