@@ -23,7 +23,7 @@ TESTBED_VALUES: dict[str, Any] = {
 }
 
 
-def testbed_value(name: str, value: Any) -> Any:
+def swapped_value(name: str, value: Any) -> Any:
     """The test bed's value for input `name` given the example's `value` (links and other inputs unchanged)."""
     rule = TESTBED_VALUES.get(name)
     if isinstance(rule, dict):
@@ -37,7 +37,7 @@ def for_testbed(prompt: dict[str, Any]) -> dict[str, Any]:
     """A copy of the API prompt `prompt` that runs on the test bed's tiny models in seconds."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
-        node["inputs"] = {name: testbed_value(name, value) for name, value in node["inputs"].items()}
+        node["inputs"] = {name: swapped_value(name, value) for name, value in node["inputs"].items()}
     return prompt
 
 
