@@ -8,10 +8,11 @@ Layout (x → right):  Note + model, prompts, size | Steer patches | shared samp
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from testbed.examples import Builder, Example, Graph
-from testbed.workflow import api_to_ui
+from testbed.workflow import api_to_ui, combo_options, input_specs, input_type, is_widget
 
 SAMPLERS = {"KSampler", "SamplerCustomAdvanced"}
 IMAGES = {"SaveImage", "PreviewImage"}
@@ -23,6 +24,12 @@ TITLE, GAP, COLUMN_GAP, GROUP_HEADER = 30, 24, 40, 50
 MAX_COLUMN_HEIGHT = 1100
 IMAGE_SIZE = [360, 440]
 NOTE_WIDTH, PROMPT_WIDTH = 380, 380
+# What js/steer.js adds below the widgets: the preview plot (PLOT_HEIGHT + 24 + 4) and SteerPAG's preset combo. The
+# front end grows a node that is too small for its widgets but never shrinks one: sizes here are what it draws.
+JS_EXTRA_HEIGHT = {"SteerScaleSchedule": 120, "SteerCFGSkip": 120, "SteerPAG": 148}
+SELECTORS = ("mode", "curve")
+WIDGET_HEIGHT = 24
+USED_BY = re.compile(r"(?:^|[.;]\s+)([a-z_+]+(?:\s*/\s*[a-z_+]+)*):")
 GROUP_COLORS = {"input": "#3f789e", "steer": "#35566e", "plain": "#6b6b6b", "result": "#3f7e4f"}
 
 
@@ -61,6 +68,34 @@ def with_plain_cfg(graph: Graph, plain: dict[str, Any]) -> Graph:
     image = b.add("VAEDecode", samples=[sampled, 0], vae=decode["inputs"]["vae"])
     b.add("PreviewImage", "Plain CFG (same seed)", images=[image, 0])
     return b.graph
+
+
+def hidden_widgets(info: dict[str, Any], values: dict[str, Any]) -> set[str]:
+    """The widgets js/steer.js hides for these values: those whose tooltip names ("percent: …", "step_down /
+    step_up: …") only other options of the node's mode / curve; a non-empty text stays (flagged as ignored)."""
+    specs = {name: spec for name, spec, _ in input_specs(info)}
+    selector = next((name for name in SELECTORS if name in specs and input_type(specs[name]) == "COMBO"), None)
+    if selector is None:
+        return set()
+    options = set(combo_options(specs[selector]))
+    hidden = set()
+    for name, spec in specs.items():
+        tooltip = spec[1].get("tooltip", "") if len(spec) > 1 else ""
+        used = {word.strip() for match in USED_BY.findall(tooltip) for word in match.split("/")} & options
+        text = values.get(name)
+        ignored_text = isinstance(text, str) and text.strip()
+        if name != selector and used and values.get(selector) not in used and not ignored_text:
+            hidden.add(name)
+    return hidden
+
+
+def _front_end_height(node: dict[str, Any], info: dict[str, Any], values: dict[str, Any]) -> int:
+    """A Steer node's height as js/steer.js shows it: visible widgets plus its preview plot / preset combo."""
+    hidden = hidden_widgets(info, values)
+    widgets = [name for name, spec, _ in input_specs(info) if is_widget(spec) and name not in hidden]
+    sockets = sum(1 for slot in node["inputs"] if "widget" not in slot)
+    rows = max(sockets, len(node["outputs"]), 1)
+    return rows * 20 + 6 + WIDGET_HEIGHT * len(widgets) + 8 + JS_EXTRA_HEIGHT.get(node["type"], 0)
 
 
 def _roles(graph: Graph, first_plain: int) -> dict[str, str]:
@@ -168,6 +203,9 @@ def showcase(example: Example, object_info: dict[str, Any]) -> dict[str, Any]:
                                              "directory": "checkpoints"}]
         if node["type"] == "SaveImage":
             node["title"] = "With Steer (saved)"
+    for key, node in nodes.items():
+        if node["type"].startswith("Steer"):
+            node["size"][1] = _front_end_height(node, object_info[node["type"]], graph[key]["inputs"])
     note_id = max(map(int, nodes)) + 1
     note = {"id": note_id, "type": "MarkdownNote", "pos": [0, 0], "size": [NOTE_WIDTH, 240], "flags": {},
             "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "What this shows",

@@ -20,10 +20,13 @@ from typing import Any
 
 import pytest
 
+from guiders.pag import PerturbedAttention
+from guiders.schedule import ScaleSchedule
+from guiders.skip import CFGSkip
 from testbed.comfy import BASE, ROOT
 from testbed.examples import EXAMPLES, Example
 from testbed.server import ComfyServer
-from testbed.swap import TESTBED_VALUES
+from testbed.swap import TESTBED_STEPS, TESTBED_VALUES
 from testbed.workflow import input_specs, is_widget
 
 playwright = pytest.importorskip("playwright.sync_api", reason="scripts/setup.sh installs playwright")
@@ -206,3 +209,143 @@ def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set
         assert not new_errors(page.console, baseline), new_errors(page.console, baseline)
     finally:
         page.close()
+
+
+# --- js/steer.js: nodes that explain themselves (driven through the page's own objects, no clicks) ---
+
+@pytest.fixture(scope="module")
+def graph_page(browser: Any, server: ComfyServer) -> Iterator[Any]:
+    """One page for the tests below; each loads the graph it needs with app.loadGraphData."""
+    page = Page(browser, server)
+    yield page
+    assert not [line for line in page.console if "steer" in line.lower() and not OFFLINE.search(line)], page.console
+    page.close()
+
+
+def load(page: Any, key: str, swap: bool = True) -> None:
+    """An example's UI file in the editor, on the test bed's models unless `swap` is False; previews settled."""
+    page.evaluate("workflow => app.loadGraphData(workflow)", json.loads(EXAMPLES[key].path.read_text()))
+    if swap:
+        page.evaluate(SWAP_JS, TESTBED_VALUES)
+    settle(page)
+
+
+def settle(page: Any) -> None:
+    """Redraw until every Steer preview has answered for the current widget values."""
+    page.wait_for_function("""() => app.graph.nodes.flatMap(n => n.widgets ?? [])
+        .filter(w => w.name === "steer_preview").every(w => w.sync())""", timeout=30_000, polling=200)
+
+
+def steer_node(page: Any, class_type: str, expression: str) -> Any:
+    return page.evaluate(f"""() => {{ const node = app.graph.nodes.find(n => n.comfyClass === "{class_type}");
+        const w = name => node.widgets.find(w => w.name === name); return {expression}; }}""")
+
+
+def set_widget(page: Any, class_type: str, name: str, value: Any) -> None:
+    page.evaluate("""([type, name, value]) => {
+        const node = app.graph.nodes.find(n => n.comfyClass === type || n.type === type);
+        const w = node.widgets.find(w => w.name === name); w.value = value; w.callback?.(value); }""",
+                  [class_type, name, value])
+    settle(page)
+
+
+def test_extension_is_loaded_once(graph_page: Any, server: ComfyServer) -> None:
+    """WEB_DIRECTORY only (no [tool.comfy] web): /extensions lists steer.js once and it registers once."""
+    status, extensions = server.get("/extensions")
+    assert status == 200 and len([path for path in extensions if path.endswith("/steer.js")]) == 1, extensions
+    assert graph_page.page.evaluate("app.extensions.filter(e => e.name === 'steer.nodes').length") == 1
+    assert "web" not in (ROOT / "pyproject.toml").read_text().split("[tool.comfy]")[1].split("\n[")[0]
+
+
+def test_unused_widgets_hidden_and_still_saved(graph_page: Any) -> None:
+    """SteerCFGSkip in sigma mode hides the percent and adaptive inputs; switching to percent swaps them; the
+    hidden values stay in the saved workflow, in their places."""
+    p = graph_page.page
+    load(p, "steer_cfg_skip")
+    hidden = "node.widgets.filter(w => w.hidden).map(w => w.name)"
+    assert sorted(steer_node(p, "SteerCFGSkip", hidden)) == ["end_percent", "start_percent", "threshold"]
+    saved = steer_node(p, "SteerCFGSkip", "node.serialize().widgets_values")
+    assert saved == ["sigma", 0.4, 1, 5.42, 0.28, 0.99]
+    set_widget(p, "SteerCFGSkip", "mode", "percent")
+    assert sorted(steer_node(p, "SteerCFGSkip", hidden)) == ["sigma_high", "sigma_low", "threshold"]
+    assert steer_node(p, "SteerCFGSkip", "node.serialize().widgets_values") == ["percent", *saved[1:]]
+    set_widget(p, "SteerCFGSkip", "mode", "adaptive")
+    assert sorted(steer_node(p, "SteerCFGSkip", hidden)) == ["end_percent", "sigma_high", "sigma_low",
+                                                                   "start_percent"]
+
+
+def test_custom_text_ignored_by_the_curve_is_flagged(graph_page: Any) -> None:
+    p = graph_page.page
+    load(p, "steer_scale_schedule")
+    assert steer_node(p, "SteerScaleSchedule", "w('custom').hidden") is True
+    set_widget(p, "SteerScaleSchedule", "custom", "12, 8, 5")
+    assert steer_node(p, "SteerScaleSchedule", "[w('custom').hidden, w('custom').label]")[0] is False
+    assert "ignored" in steer_node(p, "SteerScaleSchedule", "w('custom').label")
+    assert any("custom is ignored" in note for note in steer_node(p, "SteerScaleSchedule", "node.steerNotes"))
+    set_widget(p, "SteerScaleSchedule", "curve", "custom")
+    assert steer_node(p, "SteerScaleSchedule", "[w('custom').hidden, w('custom').label ?? null]") == [False, None]
+    assert steer_node(p, "SteerScaleSchedule", "node.steerPreview.scales.map(s => s[1])") == [12, 8, 5, 5, 5, 5, 5, 5]
+
+
+def test_schedule_curve_follows_its_widgets_and_the_sampler(graph_page: Any) -> None:
+    """The drawn schedule is the node's own math (guiders/schedule.py) at the connected guider's cfg, one point per
+    step of the connected BasicScheduler, and follows edits of either node."""
+    p = graph_page.page
+    load(p, "steer_scale_schedule")
+    expected = [ScaleSchedule("linear_down", 4.0).scale(12.0, i, TESTBED_STEPS) for i in range(TESTBED_STEPS)]
+    scales = steer_node(p, "SteerScaleSchedule", "node.steerPreview.scales.map(s => s[1])")
+    assert scales == pytest.approx(expected) and steer_node(p, "SteerScaleSchedule", "node.steerPreview.per_step")
+    set_widget(p, "SteerScaleSchedule", "cfg_min", 2.0)
+    assert steer_node(p, "SteerScaleSchedule", "node.steerPreview.scales.at(-1)[1]") == 2.0
+    set_widget(p, "BasicScheduler", "steps", 5)
+    assert len(steer_node(p, "SteerScaleSchedule", "node.steerPreview.scales")) == 5
+    set_widget(p, "SteerGuider", "cfg", 9.0)
+    assert steer_node(p, "SteerScaleSchedule", "node.steerPreview.scales[0][1]") == 9.0
+
+
+def test_skip_and_pag_show_the_steps_they_act_on(graph_page: Any) -> None:
+    p = graph_page.page
+    load(p, "steer_pag_cfg_skip")
+    guided = [CFGSkip("percent", 0.3, 1.0).guides_step(i, TESTBED_STEPS, 0.0) for i in range(TESTBED_STEPS)]
+    perturbed = [PerturbedAttention(3.0, (("middle", 0, None),), 0.0, 0.7).active(i, TESTBED_STEPS)
+                 for i in range(TESTBED_STEPS)]
+    assert steer_node(p, "SteerCFGSkip", "node.steerPreview.active") == guided
+    assert steer_node(p, "SteerPAG", "node.steerPreview.active") == perturbed
+    load(p, "steer_cfg_skip")  # sigma mode on the test bed's SD1.5 model: the sigmas of its normal schedule
+    preview = steer_node(p, "SteerCFGSkip", "node.steerPreview")
+    assert preview["active"] == [0.28 < sigma <= 5.42 for sigma in preview["sigmas"]]
+    assert preview["sigmas"][0] == pytest.approx(14.61, abs=0.01) and any(preview["active"])
+    assert any("SDXL" in note for note in steer_node(p, "SteerCFGSkip", "node.steerNotes"))
+
+
+def test_pag_presets_and_the_model_blocks(graph_page: Any) -> None:
+    """Presets fill `blocks`; the loaded model's block names are listed (read from the file header) and a name the
+    model lacks is flagged before anything runs."""
+    p = graph_page.page
+    load(p, "steer_pag")
+    presets = steer_node(p, "SteerPAG", "w('preset').options.values")
+    assert any("joint" in preset for preset in presets) and any("middle" in preset for preset in presets)
+    sd3 = next(preset for preset in presets if "SD3" in preset)
+    set_widget(p, "SteerPAG", "preset", sd3)
+    assert steer_node(p, "SteerPAG", "[w('blocks').value, w('preset').value]")[0].startswith("joint.")
+    assert any("not in this model: joint" in note for note in steer_node(p, "SteerPAG", "node.steerNotes"))
+    set_widget(p, "SteerPAG", "blocks", "middle.0")
+    notes = steer_node(p, "SteerPAG", "node.steerNotes")
+    assert any(note.startswith("SD1.5 blocks:") and "middle.0" in note for note in notes), notes
+    assert not any("not in this model" in note for note in notes)
+    assert steer_node(p, "SteerPAG", "node.serialize().widgets_values") == [3, "middle.0", 0, 1]
+
+
+@pytest.mark.parametrize(("name", "family", "block"), [("steer_tiny_sd15.safetensors", "SD1.5", "middle.0"),
+                                                       ("steer_tiny_sd3.safetensors", "SD3", "joint.0")])
+def test_model_info_route_reads_the_header(server: ComfyServer, name: str, family: str, block: str) -> None:
+    status, info = server.get(f"/steer/model_info?folder=checkpoints&name={name}")
+    assert status == 200 and info["found"] and info["family"] == family and block in info["blocks"], info
+    assert info["flow"] == (family == "SD3")
+
+
+def test_model_info_route_refuses_what_it_should_not_read(server: ComfyServer) -> None:
+    for query in ("folder=checkpoints&name=missing.safetensors", "folder=..&name=steer_tiny_sd15.safetensors",
+                  "folder=checkpoints&name=../checkpoints/steer_tiny_sd15.safetensors"):
+        status, info = server.get(f"/steer/model_info?{query}")
+        assert status == 200 and info == {"family": "unknown", "flow": False, "blocks": [], "found": False}, query
