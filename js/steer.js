@@ -61,8 +61,14 @@ function updateVisibility(node) {
     // The front end still lays out hidden widgets; a zero height takes them out (their values stay serialized).
     if (w.hidden) w.computeSize = HIDDEN_SIZE;
     else if (w.computeSize === HIDDEN_SIZE) delete w.computeSize;
-    w.label = ignoredText ? `${w.name} ⚠ ignored (${selector.name} ${selector.value})` : undefined;
-    if (ignoredText) node.steerIgnored.push(w.name);
+    if (ignoredText) {
+      w.label = `${w.name} ⚠ ignored (${selector.name} ${selector.value})`;
+      w.steerFlagged = true;
+      node.steerIgnored.push(w.name);
+    } else if (w.steerFlagged) {
+      w.label = undefined;
+      w.steerFlagged = false;
+    }
   }
   const [width] = node.size;
   node.setSize([width, node.computeSize()[1]]);

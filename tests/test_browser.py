@@ -193,7 +193,12 @@ def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set
         p.wait_for_timeout(300)
         zoom = p.evaluate("app.canvas.ds.scale")
         p.screenshot(path=results / f"{key}-loaded.png")
+        (results / f"{key}-zoom.txt").write_text(f"{zoom:.3f}\n")
         assert zoom >= READABLE_ZOOM, f"Fit View zooms to {zoom:.2f} in a 1600×1000 window"
+        overlaps = p.evaluate("""() => { const rects = app.graph.nodes.map(n => [n.title, [...n.boundingRect]]);
+            return rects.flatMap(([a, r], i) => rects.slice(i + 1).filter(([, q]) => r[0] < q[0] + q[2] &&
+              q[0] < r[0] + r[2] && r[1] < q[1] + q[3] && q[1] < r[1] + r[3]).map(([b]) => [a, b])); }""")
+        assert not overlaps, f"nodes drawn over each other: {overlaps}"
 
         p.evaluate(SWAP_JS, TESTBED_VALUES)
         p.evaluate("""() => { window.__steerErrors = [];
