@@ -56,7 +56,7 @@ def browser() -> Iterator[Any]:
 
 def _fresh_server(tmp: Path, base: Path) -> ComfyServer:
     (tmp / "user").mkdir(parents=True)
-    return ComfyServer(tmp / "output", base=base, user_directory=tmp / "user")
+    return ComfyServer(tmp / "output", base=base, extra_args=("--user-directory", str(tmp / "user")))
 
 
 @pytest.fixture(scope="module")
