@@ -24,6 +24,7 @@ from comfy_api.v0_0_2 import io
 from tqdm.auto import trange
 
 from ..guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dpmpp_2s_midpoint, dpmpp_2s_stage
+from ..guiders.steps import single_evaluations, with_stages
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -149,6 +150,16 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x: torch.Tensor, sigmas: torch.Tenso
     return x
 
 
+def dpmpp_2s_ancestral_evaluations(sigmas: torch.Tensor, model_sampling: object, eta: float = 1.0,
+                                   **options: object) -> list[int]:
+    """Evaluations per step of `sample_dpmpp_2s_ancestral_cfg_pp`, with its own operations: no midpoint where the
+    step ends at σ = 0 or σ_down = 0 (eta > 1)."""
+    sigmas = offset_first_sigma_for_snr(sigmas, model_sampling)
+    return with_stages([bool(sigmas[i + 1] != 0) and bool(ancestral_levels(
+        _level(sigmas[i], model_sampling), _level(sigmas[i + 1], model_sampling), eta)[0].sigma != 0)
+        for i in range(len(sigmas) - 1)])
+
+
 SAMPLERS = {
     "euler": sample_euler_cfg_pp,
     "euler_ancestral": sample_euler_ancestral_cfg_pp,
@@ -156,6 +167,16 @@ SAMPLERS = {
     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral_cfg_pp,
 }
 ANCESTRAL = ("euler_ancestral", "dpmpp_2s_ancestral")
+# Evaluations per step (sigmas, model_sampling, **options) of the samplers above that make more than one per step.
+MULTI_STAGE = {"dpmpp_2s_ancestral": dpmpp_2s_ancestral_evaluations}
+
+
+def evaluations_rules() -> dict[Callable, Callable[..., list[int]]]:
+    """Each sampler above → its evaluations per step `(sigmas, model_sampling, **options)` (one unless MULTI_STAGE)."""
+    def single(sigmas: torch.Tensor, model_sampling: object, **options: object) -> list[int]:
+        return single_evaluations(sigmas)
+
+    return {sampler: MULTI_STAGE.get(name, single) for name, sampler in SAMPLERS.items()}
 
 
 def ksampler_name(name: str) -> str:

@@ -4,7 +4,8 @@ Patch nodes put a `Recipe` into the model's options and install the wrappers onc
 CFGGuider and SteerGuider) then run the same code. Wrappers chain (ComfyUI's WrappersMP), so nothing of ComfyUI or
 of other packs is replaced:
   - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond;
-  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches) in this run's own model_options;
+  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches) in this run's own model_options, and
+    follows the sampler's per-step callback (nodes/stages.py says how steps are attributed);
   - PREDICT_NOISE: runs each evaluation through `predict`, keeping every wrapper registered inside ours.
 """
 
@@ -13,28 +14,17 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 from comfy.sampler_helpers import convert_cond
 
-from ..guiders.engine import Recipe, new_run
-from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
-from .cfg_pp import sample_dpmpp_2s_ancestral_cfg_pp
+from ..guiders.engine import Recipe, RunState, new_run
 from .predict import predict
+from .stages import tracker_for
 
 KEY = "steer"
 RECIPE = "steer_recipe"
 RUN = "steer_run"
-
-# Multi-stage samplers whose evaluations are attributed to steps by counting (guiders/steps.py says why). Their
-# flow (RF) variants are dispatched from these same functions. The ancestral ones make one evaluation instead of two
-# in a step where eta > 1 drives σ_down to 0; at eta ≤ 1 that happens only in the last step, which the count knows.
-STAGE_PATTERNS = {k_sampling.sample_heun: TWO_STAGE, k_sampling.sample_dpm_2: TWO_STAGE,
-                  k_sampling.sample_dpm_2_ancestral: TWO_STAGE, k_sampling.sample_dpmpp_2s_ancestral: TWO_STAGE,
-                  k_sampling.sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_dpmpp_sde: TWO_STAGE,
-                  sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_heunpp2: HEUNPP2}
-
 
 def recipe_of(model_options: dict) -> Recipe:
     return model_options.get(RECIPE) or Recipe()
@@ -65,11 +55,17 @@ def _outer_sample(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
-    schedule = sigmas.tolist()
-    pattern = STAGE_PATTERNS.get(getattr(executor.class_obj, "sampler_function", None))
-    extra_args["model_options"][RUN] = new_run(schedule, pattern and evaluations_per_step(pattern, schedule))
-    return executor(guider, sigmas, extra_args, *args, **kwargs)
+def _sampler_sample(executor, guider, sigmas, extra_args, callback, *args, **kwargs):
+    tracker = tracker_for(executor.class_obj, sigmas, guider.model_patcher.get_model_object("model_sampling"))
+    extra_args["model_options"][RUN] = RunState(tracker)
+
+    def step_reached(step: int, *rest, **named):
+        # k-diffusion calls this right after the first evaluation of each step: it keeps the attribution in step.
+        tracker.reached(step)
+        if callback is not None:
+            return callback(step, *rest, **named)
+
+    return executor(guider, sigmas, extra_args, step_reached, *args, **kwargs)
 
 
 _warned: set[str] = set()
