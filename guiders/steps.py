@@ -110,11 +110,11 @@ def interval_step(sigma: float, schedule: Sequence[float]) -> int:
 class StepTracker:
     """Attributes each evaluation of one run to its step.
 
-    With `evaluations` (one count per step, from a rule above) evaluations are counted; `reached(i)`, the sampler's
-    callback after the first evaluation of step i, resynchronises the count. Without, each evaluation goes by the
-    interval of its sigma; if `follow_callbacks`, kept within [i, i + 1] after the callback of step i (the sampler is
-    in step i or has just started step i + 1). Samplers whose callbacks count their own steps (dpm_fast,
-    dpm_adaptive) are tracked with `follow_callbacks=False`.
+    With `evaluations` (one count per step, from a rule above) evaluations are counted; without, each goes by the
+    interval of its sigma. `reached(i)`, the sampler's callback right after the first evaluation of step i,
+    resynchronises the count, and until the next callback every evaluation stays within [i, i + 1] (the sampler is
+    still in step i or has just started step i + 1), so a count that does not match the sampler cannot drift.
+    Samplers whose callbacks count their own steps (dpm_fast, dpm_adaptive) are tracked with `follow_callbacks=False`.
     """
 
     def __init__(self, schedule: Sequence[float], evaluations: Sequence[int] | None = None,
@@ -133,12 +133,13 @@ class StepTracker:
     def step(self, sigma: float) -> int:
         """The step of the next evaluation, made at `sigma`."""
         if self.evaluations:
-            if self.done >= self.evaluations[self.current] and self.current + 1 < len(self.evaluations):
+            if (self.done >= self.evaluations[self.current] and self.current + 1 < len(self.evaluations)
+                    and (self.reached_step is None or self.current == self.reached_step)):
                 self.current, self.done = self.current + 1, 0
             self.done += 1
             return self.current
         step = interval_step(sigma, self.schedule)
-        if self.reached_step is not None:
+        if self.reached_step is not None and self.follow_callbacks:
             step = min(max(step, self.reached_step), self.reached_step + 1, self.steps - 1)
         self.current = step
         return step

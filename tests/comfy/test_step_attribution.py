@@ -13,6 +13,7 @@ the sigma they evaluate at.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 
 import comfy.sample
@@ -113,24 +114,28 @@ def attributed_steps(events) -> list[int]:
 
 
 @pytest.mark.parametrize("bed_name", ["inprocess", "sd3"])
-@pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
+@pytest.mark.parametrize("sampler_name", [*comfy.samplers.KSampler.SAMPLERS, "steer_*"])
 def test_every_evaluation_is_attributed_to_the_samplers_step(request, patch, bed_name, sampler_name, caplog):
+    """Every sampler ("steer_*": Steer's own, registered when ComfyUI loads Steer, after collection)."""
     bed = request.getfixturevalue(f"{bed_name}_bed")
     model = patch(bed.model, "SteerScaleSchedule", curve="custom", custom=step_scales(12))
+    names = ([sampler_name] if sampler_name != "steer_*"
+             else [n for n in comfy.samplers.KSampler.SAMPLERS if n.startswith("steer_")])
+    assert names
     wrong, runs = [], 0
-    for schedule_name, schedule in schedules(bed.model, SCHEDULES[bed_name]).items():
+    for (schedule_name, schedule), name in itertools.product(schedules(bed.model, SCHEDULES[bed_name]).items(), names):
         if sampler_name == "dpm_adaptive" and schedule_name == "flipped":
             continue  # its step-size control never reaches a sigma above its start: the run does not end
-        for variant, sampler in sampler_variants(sampler_name):
+        for variant, sampler in sampler_variants(name):
             with caplog.at_level(logging.WARNING):
                 events = record_run(model, bed, sampler, schedule)
             runs += 1
-            expected = (true_steps_from_sigmas(events, schedule.tolist()) if sampler_name in OWN_SIGMAS
+            expected = (true_steps_from_sigmas(events, schedule.tolist()) if name in OWN_SIGMAS
                         else true_steps_from_callbacks(events))
             got = attributed_steps(events)
-            assert len(got) >= len(schedule) - 1 or sampler_name in OWN_SIGMAS
+            assert len(got) >= len(schedule) - 1 or name in OWN_SIGMAS
             if got != expected:
-                wrong.append(f"{schedule_name} {variant}: expected {expected}, got {got}")
+                wrong.append(f"{name} {schedule_name} {variant}: expected {expected}, got {got}")
     assert runs and not wrong, "\n".join(wrong)
     assert "unknown to Steer's step attribution" not in caplog.text
 
