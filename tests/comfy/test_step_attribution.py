@@ -12,6 +12,7 @@ the sigma they evaluate at.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -188,3 +189,46 @@ def test_a_custom_cfg_pp_lambda_list_lands_on_its_steps(inprocess_bed, patch, sa
     scales = [scale for kind, scale, _ in events if kind == "eval"]
     assert scales == [lambdas[step] for step in true_steps_from_callbacks(events)]
     assert len(scales) > 6 if eta < 2 else len(scales) == 6
+
+
+# --- samplers other packs wrap -------------------------------------------------------------------------------------
+
+
+def _wrapped_by_wraps(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(("wrap", "options"), [(lambda f: functools.partial(f, eta=2.0), {}),
+                                               (_wrapped_by_wraps, {"eta": 2.0})], ids=["partial", "functools.wraps"])
+def test_a_wrapped_known_sampler_keeps_its_stage_counting(inprocess_bed, patch, wrap, options, caplog):
+    """functools.partial (its keywords are the sampler's options: eta 2, one evaluation per step) and
+    functools.wraps wrappers are looked through."""
+    model = patch(inprocess_bed.model, "SteerScaleSchedule", curve="custom", custom=step_scales(12))
+    function = comfy.samplers.sampler_object("dpmpp_2s_ancestral").sampler_function
+    sampler = comfy.samplers.KSAMPLER(wrap(function), options)
+    with caplog.at_level(logging.WARNING):
+        events = record_run(model, inprocess_bed, sampler, sigmas(model, 6))
+    assert attributed_steps(events) == true_steps_from_callbacks(events) == [0, 1, 2, 3, 4, 5]
+    assert "unknown to Steer's step attribution" not in caplog.text
+
+
+def test_an_opaque_sampler_is_attributed_by_interval_with_one_warning(inprocess_bed, patch, caplog):
+    """A closure Steer cannot see into: a warning names it once, and evaluations go by sigma interval within the
+    steps its callbacks report (right for its one evaluation per step, on a decreasing and on a flipped schedule)."""
+    model = patch(inprocess_bed.model, "SteerScaleSchedule", curve="custom", custom=step_scales(12))
+    euler = comfy.samplers.sampler_object("euler").sampler_function
+
+    def opaque_euler(model, x, sigmas, **kwargs):
+        return euler(model, x, sigmas, **kwargs)
+
+    sampler = comfy.samplers.KSAMPLER(opaque_euler)
+    with caplog.at_level(logging.WARNING):
+        for schedule in (sigmas(model, 6), FlipSigmas.execute(sigmas(model, 6)).result[0]):
+            events = record_run(model, inprocess_bed, sampler, schedule)
+            assert attributed_steps(events) == true_steps_from_callbacks(events) == [0, 1, 2, 3, 4, 5]
+    warnings = [r for r in caplog.records if "unknown to Steer's step attribution" in r.getMessage()]
+    assert len(warnings) == 1 and "opaque_euler" in warnings[0].getMessage()

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import comfy.samplers
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from testbed.sampling import sigmas as model_sigmas
@@ -146,7 +146,11 @@ def check_random_schedules(stages, model_sampling, flow: bool, sampler_name: str
     @given(schedule=schedules(flow), eta=st.sampled_from([0.0, 0.5, 1.0, 1.3, 2.0, 4.0]),
            s_noise=st.sampled_from([0.0, 1.0]))
     def check(schedule, eta, s_noise):
+        # dpm_fast's own sigmas can sit on a held sigma's boundary, where "the interval" is ambiguous.
+        assume(sampler_name != "dpm_fast" or len(set(schedule.tolist())) == len(schedule))
         options = {key: value for key, value in (("eta", eta), ("s_noise", s_noise)) if key in parameters}
+        if "noise_sampler" in parameters:  # no Brownian tree (slow, and without bearing on the control flow)
+            options["noise_sampler"] = lambda sigma, sigma_next: torch.zeros(1, 4, 2, 2)
         sampler = comfy.samplers.KSAMPLER(base.sampler_function, base.extra_options | options)
         events = run_sampler(stages, sampler, schedule, model_sampling)
         attributed = [step for kind_, step, _ in events if kind_ == "eval"]
