@@ -70,7 +70,8 @@ def sampler_variants(name: str) -> list[tuple[str, comfy.samplers.KSAMPLER]]:
                                                    sampler.inpaint_options)) for eta in (0.0, 1.0, 2.0)]
 
 
-def record_run(model, bed, sampler, schedule: torch.Tensor, seed: int = 3) -> list[tuple[str, float, float]]:
+def record_run(model, bed, sampler, schedule: torch.Tensor, seed: int = 3, cfg: float = 5.0
+               ) -> list[tuple[str, float, float]]:
     """Sample and return the events in order: ("eval", scale Steer chose, sigma) and ("step", i, 0)."""
     events: list[tuple[str, float, float]] = []
 
@@ -82,7 +83,7 @@ def record_run(model, bed, sampler, schedule: torch.Tensor, seed: int = 3) -> li
     recorder.set_model_sampler_cfg_function(cfg_function)
     guider = comfy.samplers.CFGGuider(recorder)
     guider.set_conds(bed.positive, bed.negative)
-    guider.set_cfg(5.0)
+    guider.set_cfg(cfg)
     latent = bed.latent()
     noise = comfy.sample.prepare_noise(latent, seed)
     try:
@@ -171,12 +172,10 @@ def test_linear_down_schedule_reaches_its_end_on_the_last_step_at_eta_2(inproces
     sampler = SamplerDPMPP_2S_Ancestral.execute(2.0, 1.0).result[0]
     schedule = sigmas(model, 20, "karras")
     with model_calls(model) as rows:
-        events = record_run(model, inprocess_bed, sampler, schedule)
+        events = record_run(model, inprocess_bed, sampler, schedule, cfg=8.0)
     scales = [scale for kind, scale, _ in events if kind == "eval"]
     truth = true_steps_from_callbacks(events)
-    # The run's guider cfg is record_run's 5.0, not 8: the schedule spans cfg → cfg_min, so the expected scale is
-    # written for that cfg.
-    assert scales == pytest.approx([5.0 - 4.0 * step / 19 for step in truth])
+    assert scales == pytest.approx([8.0 - 7.0 * step / 19 for step in truth])
     assert truth[-1] == 18 and rows[-1] == 1  # step 19 runs at scale 1: the cond alone, no cfg function call
     assert len(rows) == 20
 
