@@ -39,6 +39,7 @@ CLIP_L = "text_encoders/steer_tiny_clip_l.safetensors"
 TAESD = "vae/steer_tiny_taesd.safetensors"
 SD3_MMDIT = "diffusion_models/steer_tiny_sd3.safetensors"
 TAESD3 = "vae/steer_tiny_taesd3.safetensors"
+SD3_CHECKPOINT = "checkpoints/steer_tiny_sd3.safetensors"  # what the SD3.5 example's checkpoint becomes in tests
 SD15_CONTROLNET = "controlnet/steer_tiny_sd15_controlnet.safetensors"
 
 # Weight scales, measured so that two different prompts give clearly different x0 predictions (||D_c - D_u|| is
@@ -227,6 +228,15 @@ def _sd15_checkpoint() -> dict[str, torch.Tensor]:
     }
 
 
+def _sd3_checkpoint() -> dict[str, torch.Tensor]:
+    """All-in-one SD3 checkpoint (MMDiT, CLIP-L only, 16-channel TAESD), shaped like sd3.5_large_fp8_scaled."""
+    return {
+        **_prefixed("model.diffusion_model.", sd3_mmdit_weights()),
+        **_prefixed("text_encoders.clip_l.transformer.", clip_l_weights()),
+        **_prefixed("first_stage_model.", taesd_weights(16, 1.5305, 0.0609)),
+    }
+
+
 BUILDERS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
     SD15_CHECKPOINT: _sd15_checkpoint,
     SD15_UNET: sd15_unet_weights,
@@ -234,6 +244,7 @@ BUILDERS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
     TAESD: lambda: taesd_weights(4, 0.18215, 0.0),
     SD3_MMDIT: sd3_mmdit_weights,
     TAESD3: lambda: taesd_weights(16, 1.5305, 0.0609),
+    SD3_CHECKPOINT: _sd3_checkpoint,
     SD15_CONTROLNET: sd15_controlnet_weights,
 }
 

@@ -71,6 +71,9 @@ class Case:
 
 
 MISSING = object()
+# Links to a node or an output that does not exist: ComfyUI refuses those itself, reporting them on the node whose
+# validation walked into them (the consumer downstream), before any Steer code runs.
+DANGLING_NODE, DANGLING_SLOT = ["9999", 0], ["1", 7]
 WIDGET_TYPES = {"FLOAT", "INT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -100,8 +103,8 @@ def cases_for(node: str, spec: dict[str, Any]) -> Iterator[Case]:
                 yield Case(node, name, ["2", 0], False)  # a CLIP output where a STRING belongs
             elif kind == "BOOLEAN":
                 yield Case(node, name, ["2", 0], False)
-            else:  # a socket: cross-wired, dangling, or pointing at a missing output slot
-                for value in (["2", 0], ["9999", 0], ["1", 7], "not a link"):
+            else:  # a socket: cross-wired (a CLIP output), a literal, dangling, or pointing at a missing slot
+                for value in (["1", 1], "not a link", 7, DANGLING_NODE, DANGLING_SLOT):
                     yield Case(node, name, value, False)
 
 
@@ -129,6 +132,9 @@ def _outcome(server: ComfyServer, case: Case, prefix: str) -> str:
     else:
         graph[key]["inputs"][case.input] = case.value
     status, answer = server.post_prompt(graph)
+    if case.value in (DANGLING_NODE, DANGLING_SLOT):
+        assert status == 400 and answer.get("node_errors"), f"{case.id}: {status} {str(answer)[:400]}"
+        return "refused"
     if status == 400:
         errors = answer.get("node_errors") or {}
         assert key in errors, f"{case.id}: refused without naming node {key}: {json.dumps(answer)[:600]}"
