@@ -97,7 +97,11 @@ def chung(records: list[Record]) -> Verdict:
     curve = cfg_curve(records)
     small = sorted((r for r in records if r["method"] == "cfg++" and r["sampler"] == "euler_cfg_pp"
                     and r["steps"] == 20 and r["model"] == "eps" and r["scale"] <= 0.6), key=lambda r: r["scale"])
-    parts, wins = [], 0
+    floor = min(c["precision"] for c in curve)
+    outside = [r for r in small if r["precision"] < floor]
+    small = [r for r in small if r["precision"] >= floor]
+    parts, wins = [f"λ {r['scale']:g}: precision {r['precision']:.3f}, below unguided CFG's {floor:.3f} (no "
+                   "comparison)" for r in outside], 0
     for r in small:
         delta = versus_cfg(r, curve)
         gap_cfg = cfg_at_precision(curve, r["precision"], "nll_gap")
