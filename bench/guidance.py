@@ -1,6 +1,6 @@
 """Seconds per sampling step of Steer vs core ComfyUI, and what the model rows alone predict.
 
-    .venv/bin/python -m bench.guidance [--size 256] [--steps 8] [--repeats 7] [--checkpoint PATH] [--output-dir DIR]
+    .venv/bin/python -m bench.guidance [--size 128] [--steps 8] [--repeats 7] [--checkpoint PATH] [--output-dir DIR]
 
 Every case runs `repeats` times; each repeat runs all cases once, in an order rotated by one from the previous
 repeat, so machine load hits all alike. Each case is compared with a baseline within the same repeat (paired
@@ -248,7 +248,7 @@ def markdown(meta: dict, records: list[dict], bare: dict[int, list[float]]) -> s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size / 8)")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels (latent = size / 8)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--checkpoint", type=Path, default=MODELS / "checkpoints" / "steer_tiny_sd15.safetensors")
