@@ -105,13 +105,15 @@ def rows_plot(records: list[Record], path: Path, scale: float = 3.0) -> None:
     base = [r for r in records if r["model"] == "eps" and r["steps"] == 20 and r["scale"] == scale
             and r["sampler"] == "euler"]
     base.sort(key=lambda r: r["rows"])
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(base) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(base) + 1.5))
     labels = [r["method"] + (f" ({r['params'].get('weight')})" if "weight" in r["params"] else "") for r in base]
     ax.barh(labels, [r["rows"] for r in base], color=["tab:green" if r["rows"] < 40 else "tab:grey" for r in base])
     ax.axvline(40, color="black", linestyle=":", label="plain CFG: 40 rows (2 per step)")
     for i, r in enumerate(base):
-        ax.text(r["rows"], i, f" {r['rows']:.1f}  (FD {r['fd']:.2f})", va="center", fontsize=7)
-    ax.set_xlabel(f"model rows per image (20 euler steps, scale {scale:g})")
+        ax.text(r["rows"], i, f" {r['rows']:.1f}  (precision {r['precision']:.3f}, FD {r['fd']:.2f})", va="center",
+                fontsize=7)
+    ax.set_xlabel(f"model rows per image (EPS mixture, 20 euler steps, scale {scale:g})")
+    ax.set_xlim(0, 80)
     ax.set_title("Rows spent per method")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
