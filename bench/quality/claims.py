@@ -126,7 +126,9 @@ def saharia(records: list[Record]) -> Verdict:
             wins += r["fd"] < cfg[r["scale"]]["fd"] - 2 * r["fd_sd"]
         if points:
             parts.append(f"{mode}: FD " + ", ".join(f"s {r['scale']:g} {r['fd']:.2f} (CFG {cfg[r['scale']]['fd']:.2f})"
-                                                    for r in points))
+                                                    for r in points)
+                         + f"; vs CFG at equal precision ΔFD {versus_cfg(points[0], cfg_curve(records))['d_fd']:+.2f}"
+                         f" at s {points[0]['scale']:g}")
     verdict = "holds" if total and wins == total else ("partly" if wins else "does not hold")
     return verdict, "; ".join(parts)
 

@@ -45,8 +45,8 @@ def markdown(meta: dict[str, Any], floor: Record, records: list[Record], claims:
               "ΔFD vs CFG |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
-        if "negated_share" in r:
-            params += f"; negated class share {_pm(r, 'negated_share', 3)}"
+        if r["method"].startswith("extra negative") or (r["method"] == "cfg" and r["scale"] in (1.0, 3.0)):
+            params += f"; share in class k+1 {_pm(r, 'negated_share', 3)}"
         same_base = r["model"] == "eps" and r["sampler"] in ("euler", "euler_cfg_pp") and r["steps"] == 20
         delta = f"{versus_cfg(r, curve)['d_fd']:+.2f}" if same_base and r["method"] != "cfg" else ""
         lines.append(f"| {r['method']} | {r['model']} | {r['sampler']} | {r['steps']} | {r['scale']:g} | {params} | "
