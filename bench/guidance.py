@@ -12,7 +12,8 @@ code's own cost (Steer's or core's) relative to the baseline's.
 
 Cases: core CFGGuider vs SteerGuider; core PerturbedAttentionGuidance vs SteerPAG; full CFG vs SteerCFGSkip (percent
 0.4–1, sigma (0.28, 5.42], adaptive 0.99); each Steer patch on vs off; core CFG++ samplers vs SteerCFGPPSampler;
-SteerNegative vs core DualCFGGuider and PerpNegGuider where they compute the same guided prediction.
+SteerNegative vs core DualCFGGuider and PerpNegGuider where they compute the same guided prediction; Steer's CFG++
+DPM++ 2M SDE (KSampler name, λ 1) vs core's plain dpmpp_2m_sde (cfg 7), the same two rows per call.
 Default model: the test bed's tiny SD1.5 checkpoint; `--checkpoint` takes any SD1.5/SDXL one.
 """
 
@@ -115,6 +116,9 @@ def _cases(steer: dict[str, type], model, prompts: dict[str, list]) -> list[Case
         Case("SteerCFGPPSampler dpmpp_2m (λ 0.6)", lambda: (steer_guider(model, CFG_PP_LAMBDA),
                                                            steer_pp.execute("dpmpp_2m", 1.0, 1.0).result[0]),
              "core dpmpp_2m_cfg_pp (λ 0.6)"),
+        Case("core dpmpp_2m_sde (cfg 7)", lambda: (core(model), sampler("dpmpp_2m_sde"))),
+        Case("steer_dpmpp_2m_sde_cfg_pp (λ 1)", lambda: (core(model, 1.0), sampler("steer_dpmpp_2m_sde_cfg_pp")),
+             "core dpmpp_2m_sde (cfg 7)"),
         Case("core DualCFGGuider (7, 2)", lambda: (dual_cfg(), sampler("euler"))),
         Case("SteerNegative = DualCFG (cfg 7, middle as negative, subtract 1)", lambda: (steer_guider(patched(
             "SteerNegative", negative, 1.0, "subtract"), neg=middle), sampler("euler")), "core DualCFGGuider (7, 2)"),
