@@ -63,7 +63,13 @@ def _time_run(guider, latent, steps: int, seed: int) -> tuple[float, list[int]]:
     return elapsed / steps, rows
 
 
-def _cpu_name() -> str:
+def device_name() -> str:
+    """The GPU's name where ComfyUI runs on one, else the CPU's model name."""
+    import comfy.model_management
+
+    device = comfy.model_management.get_torch_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
@@ -103,10 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             per_step, rows[name] = _time_run(guider, latent, args.steps, repeat)
             seconds[name].append(per_step)
 
-    device = comfy.model_management.get_torch_device()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    device = device_name()
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    table = [f"Device: {device_name} ({torch.get_num_threads()} threads), model {args.checkpoint.name}, "
+    table = [f"Device: {device} ({torch.get_num_threads()} threads), model {args.checkpoint.name}, "
              f"{args.size}×{args.size}, euler {args.steps} steps, batch 1, median of {args.repeats}",
              "", "| case | s/step | calls/step | rows per call | ratio |", "|---|---|---|---|---|"]
     baselines = {"SteerGuider (cfg 7)": "core CFGGuider (cfg 7)",
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{', '.join(map(str, sorted(set(rows[name]))))} | {ratio} |")
     print("\n".join(table))
     if args.output:
-        args.output.write_text(json.dumps({"device": device_name, "args": {k: str(v) for k, v in vars(args).items()},
+        args.output.write_text(json.dumps({"device": device, "args": {k: str(v) for k, v in vars(args).items()},
                                            "seconds_per_step": seconds, "rows": rows}, indent=2))
 
 

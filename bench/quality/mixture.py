@@ -52,10 +52,14 @@ class Mixture:
                                 alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
         """log N(x; a·μ_j, a²·v_j + σ²) for every row of x [B, d] and component j: [B, J] (without the weights)."""
         x = x.reshape(x.shape[0], -1).to(torch.float64)
-        sigma, alpha = _column(sigma, x), _column(alpha, x)
-        variance = alpha[:, :, None] ** 2 * self.variances + sigma[:, :, None] ** 2  # [B, J, d]
-        diff = x[:, None, :] - alpha[:, :, None] * self.means
-        return -0.5 * ((diff**2 / variance).sum(-1) + torch.log(2 * math.pi * variance).sum(-1))
+        out = x.new_empty(x.shape[0], self.means.shape[0])
+        for rows, s, a in _levels(sigma, alpha, x):  # one level per call in sampling: matrix products, no [B, J, d]
+            precision = 1 / (a**2 * self.variances + s**2)  # [J, d]
+            xr = x[rows]
+            quadratic = (xr**2) @ precision.T - 2 * a * xr @ (self.means * precision).T \
+                + (a**2 * self.means**2 * precision).sum(-1)
+            out[rows] = -0.5 * (quadratic - torch.log(precision / (2 * math.pi)).sum(-1))
+        return out
 
     def responsibilities(self, x: torch.Tensor, class_weights: torch.Tensor | None = None,
                          sigma: torch.Tensor | float = 0.0, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -80,11 +84,13 @@ class Mixture:
         """The exact E[x0 | x] for x = α·x0 + σ·n, rows [B, d] (or [B, ...]: the shape is kept), float64."""
         shape = x.shape
         flat = x.reshape(shape[0], -1).to(torch.float64)
-        s, a = _column(sigma, flat)[:, :, None], _column(alpha, flat)[:, :, None]
         r = self.responsibilities(flat, class_weights, sigma, alpha)
-        gain = a * self.variances / (a**2 * self.variances + s**2)  # [B, J, d]
-        posterior_means = self.means + gain * (flat[:, None, :] - a * self.means)
-        return (r[:, :, None] * posterior_means).sum(1).reshape(shape)
+        out = torch.empty_like(flat)
+        for rows, s, a in _levels(sigma, alpha, flat):
+            gain = a * self.variances / (a**2 * self.variances + s**2)  # [J, d]
+            # Σ_j r_j (μ_j + g_j (x − a μ_j)) = r @ (μ (1 − a g)) + x ⊙ (r @ g)
+            out[rows] = r[rows] @ (self.means * (1 - a * gain)) + flat[rows] * (r[rows] @ gain)
+        return out.reshape(shape)
 
     def moments(self, class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean [d] and covariance [d, d] of the (class-)conditional distribution (one row of weights)."""
@@ -135,6 +141,14 @@ def default_mixture(num_classes: int = 3, per_class: int = 3, dim: int = math.pr
     weights = 0.5 + torch.rand(len(means), generator=generator, dtype=torch.float64)
     return Mixture(torch.stack(means), (stds**2).expand(len(means), dim).clone(), torch.log(weights / weights.sum()),
                    torch.tensor(classes), plane)
+
+
+def _levels(sigma: torch.Tensor | float, alpha: torch.Tensor | float, x: torch.Tensor):
+    """(row mask, σ, α) for each distinct noise level among the rows of x (float64 scalars)."""
+    levels = torch.cat([_column(sigma, x), _column(alpha, x)], 1)
+    unique, inverse = levels.unique(dim=0, return_inverse=True)
+    for index, (s, a) in enumerate(unique):
+        yield inverse == index, s, a
 
 
 def _column(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
