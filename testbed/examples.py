@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed.comfy import ROOT
+from testbed.comfy import BASE, ROOT
 from testbed.server import ComfyServer
 from testbed.workflow import api_to_ui
 
@@ -223,19 +223,80 @@ def steer_cfg_pp_ksampler() -> Graph:
                              sampler_name="steer_euler_ancestral_cfg_pp")
 
 
+DATASET = "steer_dropout_dataset"  # a folder of ComfyUI's input/: images with same-name .txt captions
+TRAIN_STEPS = 4
+
+
+def steer_condition_dropout() -> Graph:
+    """LoRA training that keeps CFG working: a captioned image folder → MakeTrainingDataset → SteerConditionDropout
+    (rate 0.1, null = the empty prompt) → TrainLoraNode → SaveLoRA."""
+    b = _Builder()
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    data = b.add("LoadImageTextDataSetFromFolder", folder=DATASET)
+    dataset = b.add("MakeTrainingDataset", images=[data, 0], vae=[ckpt, 2], clip=[ckpt, 1], texts=[data, 1])
+    null = b.add("CLIPTextEncode", "Empty prompt", text="", clip=[ckpt, 1])
+    model = b.add("SteerConditionDropout", model=[ckpt, 0], rate=0.1, seed=0, null_conditioning=[null, 0])
+    train = b.add("TrainLoraNode", model=[model, 0], latents=[dataset, 0], positive=[dataset, 1], batch_size=1,
+                  grad_accumulation_steps=1, steps=TRAIN_STEPS, learning_rate=0.0005, rank=8, optimizer="AdamW",
+                  loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype="bf16", algorithm="LoRA",
+                  gradient_checkpointing=True, existing_lora="[None]")
+    b.add("SaveLoRA", lora=[train, 1], prefix="loras/steer_condition_dropout", steps=[train, 3])
+    return b.graph
+
+
 EXAMPLES: dict[str, Callable[[], Graph]] = {build.__name__: build for build in (
     steer_cfg, steer_scale_schedule, steer_dynamic_threshold, steer_cfg_skip, steer_negative, steer_all_four,
-    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip, steer_cfg_pp, steer_cfg_pp_ksampler)}
+    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip, steer_cfg_pp, steer_cfg_pp_ksampler,
+    steer_condition_dropout)}
+TRAINING_EXAMPLES = {"steer_condition_dropout"}  # they save a LoRA, not an image
+
+# Notes shown on the canvas (LiteGraph "Note" nodes: front end only, absent from the API graph).
+NOTES = {
+    "steer_condition_dropout": (
+        "Condition dropout (Ho & Salimans 2022): Steer Condition Dropout replaces each training sample's caption, "
+        "with probability rate (0.1-0.2), by the empty prompt's encoding, so the LoRA also learns the "
+        "unconditional prediction that CFG subtracts; without it a LoRA shifts the conditional prediction only "
+        "and the guidance direction drifts with it. Sampling with the same MODEL is not affected.\n\n"
+        f"Put your images with same-name .txt captions into ComfyUI/input/<folder> and pick the folder above. "
+        f"Raise steps ({TRAIN_STEPS} here, for the tests) to a few hundred or more. The empty prompt must be "
+        "encoded by the model's own CLIP; SDXL and SD3 models may leave null_conditioning empty (zeros)."),
+}
+
+
+def with_note(workflow: dict[str, Any], text: str) -> dict[str, Any]:
+    """`workflow` with a Note node above its first node."""
+    note_id = workflow["last_node_id"] + 1
+    note = {"id": note_id, "type": "Note", "pos": [0, -260], "size": [520, 220], "flags": {},
+            "order": len(workflow["nodes"]), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+            "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+    return workflow | {"nodes": [*workflow["nodes"], note], "last_node_id": note_id}
+
+
+def write_dataset(input_dir: Path, images: int = 2) -> Path:
+    """The tiny captioned dataset the training example loads: `images` SIZE×SIZE PNGs with .txt captions."""
+    from PIL import Image
+
+    folder = input_dir / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(images):
+        colour = (40 + 90 * index, 120, 200 - 80 * index)
+        Image.new("RGB", (SIZE, SIZE), colour).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text(f"a flat colour swatch, number {index}")
+    return folder
 
 
 def main() -> None:
     """Regenerate every file in example_workflows/ from EXAMPLES."""
+    write_dataset(BASE / "input")  # the training example's folder must exist for its combo's options
     with tempfile.TemporaryDirectory() as scratch, ComfyServer(Path(scratch)) as server:
         object_info = server.object_info()
     EXAMPLES_DIR.mkdir(exist_ok=True)
     for name, build in EXAMPLES.items():
         path = EXAMPLES_DIR / f"{name}.json"
-        path.write_text(json.dumps(api_to_ui(build(), object_info), indent=2, ensure_ascii=False) + "\n")
+        workflow = api_to_ui(build(), object_info)
+        if name in NOTES:
+            workflow = with_note(workflow, NOTES[name])
+        path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
         print(path)
 
 

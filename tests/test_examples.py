@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from testbed.examples import EXAMPLES, EXAMPLES_DIR
+from testbed.examples import EXAMPLES, EXAMPLES_DIR, NOTES, TRAINING_EXAMPLES
 
 LATENTS = {"EmptyLatentImage", "EmptySD3LatentImage"}
 ENGINE_PATCHES = {"SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative"}
@@ -24,7 +24,22 @@ def test_every_example_has_a_file_and_every_file_an_example() -> None:
     assert sorted(path.stem for path in EXAMPLES_DIR.glob("*.json")) == sorted(EXAMPLES)
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted(TRAINING_EXAMPLES))
+def test_training_definition(name: str) -> None:
+    """Numbered nodes, links to existing outputs, Steer's dropout right before TrainLoraNode (a few steps), and one
+    SaveLoRA named after the example."""
+    graph = EXAMPLES[name]()
+    assert list(graph) == [str(i) for i in range(1, len(graph) + 1)]
+    for node in graph.values():
+        for source, slot in links_of(node):
+            assert source in graph and isinstance(slot, int), node
+    (train,) = (node["inputs"] for node in graph.values() if node["class_type"] == "TrainLoraNode")
+    assert graph[train["model"][0]]["class_type"] == "SteerConditionDropout" and train["steps"] <= 10
+    (save,) = (node["inputs"] for node in graph.values() if node["class_type"] == "SaveLoRA")
+    assert save["prefix"] == f"loras/{name}"
+
+
+@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - TRAINING_EXAMPLES))
 def test_definition(name: str) -> None:
     """Numbered nodes, links to existing outputs, one SaveImage named after the example, a fixed 64×64 single image,
     a few steps, and Steer in the graph."""
@@ -60,14 +75,17 @@ def test_ui_file(name: str) -> None:
     agree with the nodes' input and output slots."""
     workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
     graph = EXAMPLES[name]()
-    nodes = {str(node["id"]): node for node in workflow["nodes"]}
+    notes = [node["widgets_values"] for node in workflow["nodes"] if node["type"] == "Note"]
+    assert notes == ([[NOTES[name]]] if name in NOTES else [])
+    nodes = {str(node["id"]): node for node in workflow["nodes"] if node["type"] != "Note"}
     assert {key: node["type"] for key, node in nodes.items()} == {k: n["class_type"] for k, n in graph.items()}
-    (save,) = (node for node in nodes.values() if node["type"] == "SaveImage")
-    assert save["widgets_values"] == [name]
+    if name not in TRAINING_EXAMPLES:
+        (save,) = (node for node in nodes.values() if node["type"] == "SaveImage")
+        assert save["widgets_values"] == [name]
     for key, node in nodes.items():
         if node["type"] == "CLIPTextEncode":
             assert node.get("title", "").endswith("prompt"), key
-    assert workflow["last_node_id"] == len(nodes) and workflow["last_link_id"] == len(workflow["links"])
+    assert workflow["last_node_id"] == len(nodes) + len(notes) and workflow["last_link_id"] == len(workflow["links"])
     for link_id, source, slot, target, target_slot, _ in workflow["links"]:
         assert link_id in nodes[str(source)]["outputs"][slot]["links"]
         assert nodes[str(target)]["inputs"][target_slot]["link"] == link_id

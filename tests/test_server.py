@@ -17,7 +17,7 @@ from PIL import Image
 
 from testbed import run_example
 from testbed.comfy import BASE, ROOT
-from testbed.examples import EXAMPLES, EXAMPLES_DIR
+from testbed.examples import EXAMPLES, EXAMPLES_DIR, TRAINING_EXAMPLES, write_dataset
 from testbed.server import ComfyServer, PromptError
 from testbed.workflow import api_to_ui, input_specs, ui_to_api
 
@@ -29,6 +29,7 @@ STEER_NODES = ("SteerGuider", "SteerScaleSchedule", "SteerDynamicThreshold", "St
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    write_dataset(BASE / "input")  # the training example's image folder
     with ComfyServer(tmp_path_factory.mktemp("comfyui")) as server:
         yield server
 
@@ -209,10 +210,24 @@ def test_examples_are_served_as_templates(server: ComfyServer, pack: str) -> Non
         assert status == 200 and served == json.loads(path.read_text()), path.name
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - TRAINING_EXAMPLES))
 def test_example_runs(example_pixels: Callable[[str], np.ndarray], name: str) -> None:
     """Queued as the web UI would, the example saves one PNG (named after it) showing a real image."""
     assert_a_real_image(example_pixels(name))
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_EXAMPLES))
+def test_training_example_runs(server: ComfyServer, workflows: dict[str, dict[str, Any]], name: str) -> None:
+    """Queued as the web UI would, the training example (TrainLoraNode loaded by ComfyUI itself, the dataset
+    encoded by MakeTrainingDataset) saves a LoRA file with finite weights, named after it."""
+    from safetensors.torch import load_file
+
+    loras = server.output_dir / "loras"
+    before = set(loras.glob(f"{name}_*.safetensors")) if loras.exists() else set()
+    assert server.run(workflows[name], timeout=PROMPT_TIMEOUT) == []
+    (saved,) = set(loras.glob(f"{name}_*.safetensors")) - before
+    weights = load_file(str(saved))
+    assert weights and all(bool(tensor.float().isfinite().all()) for tensor in weights.values())
 
 
 @pytest.mark.parametrize("name", ["steer_sd3_flow", "steer_ksampler", "steer_all_four"])  # SD3 right after its run
