@@ -148,7 +148,7 @@ class SteerConditionDropout(io.ComfyNode):
         return io.Schema(
             node_id=NODE,
             display_name="Steer Condition Dropout",
-            category="training/steer",
+            category="sampling/steer/training",
             description="Put before Train LoRA: during training each sample's conditioning is replaced, with "
                         "probability rate, by the null conditioning, so the LoRA also learns the unconditional "
                         "prediction that CFG subtracts (Ho & Salimans 2022: 0.1–0.2). No effect on sampling.",

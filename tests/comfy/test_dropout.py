@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -199,6 +200,19 @@ def test_sampling_with_the_patched_model_is_unchanged(inprocess_bed, dropout):
                            ksampler(bed.model, bed.positive, bed.negative, 6.0, sampler_name, latent))
     assert torch.equal(custom_advanced(core_guider(patched, bed, 6.0), "euler", latent),
                        custom_advanced(core_guider(bed.model, bed, 6.0), "euler", latent))
+
+
+def test_training_is_told_by_the_trainer_class(steer):
+    """TrainLoraNode's sampler counts as training whether ComfyUI loaded nodes_train under its path-based module name
+    (the server) or as comfy_extras.nodes_train (in-process); sampling's KSAMPLER does not."""
+    import comfy.samplers
+    from comfy_extras.nodes_train import TrainSampler
+
+    dropout_module = sys.modules[f"{steer.__name__}.nodes.dropout"]
+    path_loaded = type("TrainSampler", (TrainSampler,), {"__module__": "/opt/ComfyUI/comfy_extras/nodes_train"})
+    assert dropout_module.is_training(TrainSampler(None, None))
+    assert dropout_module.is_training(path_loaded(None, None))
+    assert not dropout_module.is_training(comfy.samplers.sampler_object("euler"))
 
 
 # --- bad input --------------------------------------------------------------------------------------------------------
