@@ -49,16 +49,17 @@ class Dropout:
 
 @dataclass
 class DropoutRun:
-    """One training run: each positive entry (by identity) with the entries that replace it, and the step count.
-    A plain object, not a list or tensor: TrainSampler slices those in model_options per batch."""
+    """One training run: the entries that replace each positive entry, by the entry's uuid (ComfyUI gives every
+    cond entry one, and copies keep it), and the step count. A plain object, not a list or tensor: TrainSampler
+    slices those in model_options per batch."""
 
     settings: Dropout
-    nulls: dict[int, tuple[dict, list[dict]]]
+    nulls: dict[uuid.UUID, list[dict]]
     step: int = field(default=0)
 
     def null_for(self, entry: dict) -> list[dict]:
-        owner, nulls = self.nulls.get(id(entry), (None, []))
-        if owner is not entry:
+        nulls = self.nulls.get(entry.get("uuid"))
+        if nulls is None:
             raise RuntimeError(f"{NODE}: a training batch holds a conditioning entry this run did not prepare")
         return nulls
 
@@ -122,7 +123,7 @@ def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
         # Zeros: entry i's own zeroed copy (process_conds keeps the order and only appends); else the whole null.
         pairs = zip(positive, ([[entry] for entry in null] if settings.null is None else [null] * len(positive)),
                     strict=False)
-        model_options[RUN] = DropoutRun(settings, {id(entry): (entry, nulls) for entry, nulls in pairs})
+        model_options[RUN] = DropoutRun(settings, {entry["uuid"]: nulls for entry, nulls in pairs})
     return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 
