@@ -78,16 +78,16 @@ def kynkaanniemi(records: list[Record]) -> Verdict:
 
 
 def castillo(records: list[Record]) -> Verdict:
-    curve = {r["scale"]: r for r in cfg_curve(records)}
+    cfg = {(r["model"], r["sampler"], r["steps"], r["scale"]): r for r in records if r["method"] == "cfg"}
     rows = []
     for r in records:
-        if r["method"].startswith("adaptive") and _base(r) and r["scale"] in curve:
-            c = curve[r["scale"]]
+        c = cfg.get((r["model"], r["sampler"], r["steps"], r["scale"]))
+        if r["method"].startswith("adaptive") and c is not None:
             rows.append((r, 1 - r["rows"] / c["rows"], r["precision"] - c["precision"], r["fd"] / c["fd"] - 1))
     if not rows:
         return "does not hold", "no adaptive records"
     good = [x for x in rows if x[1] >= 0.2 and abs(x[2]) <= 0.01 and abs(x[3]) <= 0.05]
-    evidence = "; ".join(f"γ {r['params']['threshold']} s {r['scale']:g}: {100 * saved:.0f} % rows saved, "
+    evidence = "; ".join(f"{r['model']} γ {r['params']['threshold']} s {r['scale']:g}: {100 * saved:.0f} % rows saved, "
                          f"precision {dp:+.3f}, FD {100 * dfd:+.0f} %" for r, saved, dp, dfd in rows)
     verdict = "holds" if len(good) == len(rows) else ("partly" if good else "does not hold")
     return verdict, evidence

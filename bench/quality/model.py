@@ -65,9 +65,25 @@ class MixtureDenoiser(torch.nn.Module):
         return ((noisy - denoised) / sigma).to(x.dtype)  # denoised = x − σ·output, for EPS and CONST alike
 
 
+class ContinuousDiscreteEPS(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+    """SD1.5's discrete EPS schedule with a continuous timestep: ComfyUI's `timestep(σ)` rounds to the nearest of
+    1000 integer steps (up to 3 % off in σ near σ_min), which a network conditioned on t cannot undo. Here t is the
+    exact inverse of `sigma(t)` (log-linear between the integer steps), so the exact denoiser sees the exact σ.
+    Schedules, σ_min/σ_max and every sampler are unchanged."""
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigmas = self.log_sigmas.to(torch.float64)
+        log_sigma = sigma.to(torch.float64).log().clamp(log_sigmas[0], log_sigmas[-1]).to(log_sigmas.device)
+        high = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+        low = high - 1
+        w = (log_sigma - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
+        return (low + w).to(sigma.device, sigma.dtype if sigma.is_floating_point() else torch.float32)
+
+
 def _sigma(sampling, timesteps: torch.Tensor) -> torch.Tensor:
     """σ from the timestep ComfyUI computed with `sampling.timestep(σ)`. Discrete flow's timestep is σ·multiplier
-    (its `sigma()` maps the unshifted time, so it is no inverse); the discrete EPS one inverts exactly."""
+    (its `sigma()` maps the unshifted time, so it is no inverse); the discrete EPS one inverts `sigma()` (exactly
+    with `ContinuousDiscreteEPS`, to ComfyUI's integer rounding with a model_sampling patched in by a node)."""
     if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
         return timesteps / sampling.multiplier
     return sampling.sigma(timesteps)
@@ -78,6 +94,8 @@ class MixtureModel(comfy.model_base.BaseModel):
 
     def __init__(self, model_config, model_type, device=None):
         super().__init__(model_config, model_type, device=device, unet_model=MixtureDenoiser)
+        if model_type == comfy.model_base.ModelType.EPS:
+            self.model_sampling = ContinuousDiscreteEPS(model_config)
         self.diffusion_model.sampling = lambda: self.model_sampling
 
 

@@ -34,13 +34,14 @@ def settings(full: bool = False) -> list[Setting]:
     """Every setting of a run. The default keeps each sweep's shape with fewer points."""
     pick = (lambda values: values) if full else (lambda values: values[::2] if len(values) > 4 else values)
     out: list[Setting] = []
-    for kind in ("eps", "flow"):
-        out += [Setting("cfg", s, kind=kind) for s in CFG_SCALES if full or kind == "eps" or s in (1.0, 2.0, 4.0)]
+    out += [Setting("cfg", s) for s in CFG_SCALES]
+    out += [Setting("cfg", s, kind="flow") for s in (CFG_SCALES if full else (1.0, *pick(GUIDED_SCALES)))]
     for name, window in INTERVALS.items():
         out += [Setting(name, s, dict(window), (_skip(**window),)) for s in pick(GUIDED_SCALES)]
     for threshold in ADAPTIVE_THRESHOLDS if full else ADAPTIVE_THRESHOLDS[::2]:
         params = {"mode": "adaptive", "threshold": threshold}
-        out += [Setting(f"adaptive γ {threshold}", s, params, (_skip(**params),)) for s in pick(GUIDED_SCALES)]
+        out += [Setting(f"adaptive γ {threshold}", s, params, (_skip(**params),), kind=kind)
+                for kind in ("eps", "flow") for s in pick(GUIDED_SCALES)]
     for curve in SCHEDULE_CURVES:
         params = SCHEDULE_DEFAULTS | {"curve": curve}
         out += [Setting(f"schedule {curve}", s, {"curve": curve, "cfg_min": 1.0},
