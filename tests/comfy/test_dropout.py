@@ -15,7 +15,7 @@ from comfy_extras.nodes_train import TrainLoraNode
 
 from guiders.dropout import dropped
 from testbed.models import tiny_inprocess_conds, tiny_inprocess_model
-from testbed.sampling import core_guider, custom_advanced, ksampler
+from testbed.sampling import core_guider, custom_advanced, ksampler, steer_guider
 
 NODE = "SteerConditionDropout"
 
@@ -190,8 +190,9 @@ def test_same_seed_same_lora(steer, dropout):
 
 # --- outside training -------------------------------------------------------------------------------------------------
 
-def test_sampling_with_the_patched_model_is_unchanged(inprocess_bed, dropout):
-    """KSampler and a CFGGuider give the same latents, bit for bit, with and without the node, whatever its rate."""
+def test_sampling_with_the_patched_model_is_unchanged(inprocess_bed, dropout, steer_guider_node, steer_nodes):
+    """KSampler, a CFGGuider and SteerGuider over other Steer patches give the same latents, bit for bit, with and
+    without the node, whatever its rate."""
     bed = inprocess_bed
     patched = dropout(bed.model, rate=1.0, null=null_conditioning())
     latent = bed.latent()
@@ -200,6 +201,10 @@ def test_sampling_with_the_patched_model_is_unchanged(inprocess_bed, dropout):
                            ksampler(bed.model, bed.positive, bed.negative, 6.0, sampler_name, latent))
     assert torch.equal(custom_advanced(core_guider(patched, bed, 6.0), "euler", latent),
                        custom_advanced(core_guider(bed.model, bed, 6.0), "euler", latent))
+    skip = steer_nodes["SteerCFGSkip"].execute(bed.model, "percent", 0.4, 1.0, 5.42, 0.28, 0.99).result[0]
+    both = dropout(skip, rate=1.0, null=null_conditioning())
+    assert torch.equal(custom_advanced(steer_guider(steer_guider_node, both, bed, 6.0), "euler", latent),
+                       custom_advanced(steer_guider(steer_guider_node, skip, bed, 6.0), "euler", latent))
 
 
 def test_training_is_told_by_the_trainer_class(steer):
