@@ -3,13 +3,15 @@
 A `Recipe` is the immutable set of guidance components on a model. For each evaluation `plan` decides
   - the scale: the sampler's / guider's cfg, or the scheduled one;
   - which samples are guided: CFG-skip can leave steps (or, adaptively, samples) conditional-only;
-  - which branches to compute: the cond always; the uncond and extra negatives only if some sample is guided and
-    guidance changes something (scale ≠ 1, or extra negatives present); the perturbed cond (PAG) inside its window.
+  - which branches to compute: the cond always; the uncond and the extra negatives of non-zero weight only if some
+    sample is guided and guidance changes something (scale ≠ 1, or such a negative present); the perturbed cond of
+    each PAG patch of non-zero scale inside its window. A branch whose weight is 0 costs no rows.
 `combine` then applies the components in one fixed order:
   1. CFG at the step's scale: `D = D_u + s·(D_c − D_u)` (or a foreign CFG function, at the same scale);
   2. extra negatives: `D −= w·(D_n − D_u)` or its part orthogonal to `D_c − D_u`;
      samples that CFG-skip leaves unguided take `D_c` exactly instead of 1–2;
-  3. PAG: `D += s_p·(D_c − D̂_c)` (independent of CFG: it also works at scale 1 and on CFG-skipped steps);
+  3. PAG: `D += s_p·(D_c − D̂_c)` for each PAG patch (independent of CFG: it also works at scale 1 and on CFG-skipped
+     steps);
   4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the mimic scale;
      imagen: percentile clamp).
 """
@@ -31,25 +33,36 @@ from .steps import StepTracker
 from .threshold import DynamicThreshold, imagen_threshold, mimic_threshold
 
 CFGRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+Component = ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
+SINGLE_SLOTS = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip"}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The guidance components on a model. Each patch node sets one slot (negatives accumulate)."""
+    """The guidance components on a model.
+
+    Extra negatives and PAG patches accumulate: each is its own branch of the same batched call, with its own weight
+    (and, for PAG, its own blocks and window). A scale schedule, a threshold and a CFG-skip can only hold once: a
+    later one replaces the earlier (`replaced` tells the adapter which, so it can say so).
+    """
 
     schedule: ScaleSchedule | None = None
     threshold: DynamicThreshold | None = None
     skip: CFGSkip | None = None
     negatives: tuple[ExtraNegative, ...] = ()
-    pag: PerturbedAttention | None = None
+    perturbations: tuple[PerturbedAttention, ...] = ()
 
-    def adding(self, component: ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
-               ) -> Recipe:
+    def adding(self, component: Component) -> Recipe:
         if isinstance(component, ExtraNegative):
             return replace(self, negatives=(*self.negatives, component))
-        slot = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip",
-                PerturbedAttention: "pag"}[type(component)]
-        return replace(self, **{slot: component})
+        if isinstance(component, PerturbedAttention):
+            return replace(self, perturbations=(*self.perturbations, component))
+        return replace(self, **{SINGLE_SLOTS[type(component)]: component})
+
+    def replaced(self, component: Component) -> ScaleSchedule | DynamicThreshold | CFGSkip | None:
+        """The component that adding `component` would replace, if any."""
+        slot = SINGLE_SLOTS.get(type(component))
+        return getattr(self, slot) if slot else None
 
 
 @dataclass
@@ -66,8 +79,16 @@ class Plan:
     scale: float
     guided: torch.Tensor  # bool per sample
     with_uncond: bool
-    with_negatives: bool
-    with_perturbed: bool
+    negatives: tuple[int, ...]  # indices into recipe.negatives computed at this evaluation
+    perturbed: tuple[int, ...]  # indices into recipe.perturbations computed at this evaluation
+
+    @property
+    def with_negatives(self) -> bool:
+        return bool(self.negatives)
+
+    @property
+    def with_perturbed(self) -> bool:
+        return bool(self.perturbed)
 
 
 def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
@@ -100,20 +121,26 @@ def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: i
             guided = run.switched_at > step
         elif not recipe.skip.guides_step(step, tracker.steps, tracker.schedule[step]):
             guided = torch.zeros(batch, dtype=torch.bool)
-    with_negatives = bool(recipe.negatives)
-    with_uncond = has_uncond and bool(guided.any()) and (with_negatives or needs_uncond(scale, keep_uncond))
+    negatives = tuple(i for i, negative in enumerate(recipe.negatives) if negative.scale != 0)
+    with_uncond = has_uncond and bool(guided.any()) and (bool(negatives) or needs_uncond(scale, keep_uncond))
     if not with_uncond:
         guided = torch.zeros(batch, dtype=torch.bool)
-    with_perturbed = recipe.pag is not None and recipe.pag.active(step, tracker.steps)
-    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond, with_perturbed)
+    perturbed = tuple(i for i, pag in enumerate(recipe.perturbations) if pag.active(step, tracker.steps))
+    return Plan(step, scale, guided, with_uncond, negatives if with_uncond else (), perturbed)
 
 
 def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
-            denoised_uncond: torch.Tensor) -> None:
-    """Adaptive skip: samples whose cond and uncond agree (cos ≥ γ̄) are conditional-only from the next step on."""
+            denoised_uncond: torch.Tensor, alpha: float = 1.0) -> None:
+    """Adaptive skip: samples whose noise predictions agree (cos ≥ γ̄) are conditional-only from the next step on.
+
+    `alpha` is the signal scale of the model's noising path `x = α·x0 + σ·n` at this sigma (guiders/skip.py).
+    """
     if recipe.skip is None or recipe.skip.mode != "adaptive" or not step_plan.with_uncond:
         return
-    agree = (noise_cosine(x, denoised_cond, denoised_uncond) >= recipe.skip.threshold).cpu() & step_plan.guided
+    cosine = noise_cosine(x, denoised_cond, denoised_uncond, alpha)
+    # At α = 0 (σ = 1 on flow: pure noise) the noise is x itself whatever the prompt: the cosine says nothing there.
+    informative = torch.as_tensor(alpha).reshape(-1).cpu() > 0
+    agree = (cosine >= recipe.skip.threshold).cpu() & informative & step_plan.guided
     run.switched_at = torch.where(agree, torch.minimum(run.switched_at, torch.tensor(step_plan.step + 1)),
                                   run.switched_at)
 
@@ -127,18 +154,23 @@ def where_guided(step_plan: Plan, guided: torch.Tensor, unguided: torch.Tensor) 
 
 
 def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
-            denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: torch.Tensor | None = None,
+            denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: Sequence[torch.Tensor] = (),
             cfg_rule: CFGRule = cfg) -> torch.Tensor:
-    """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already."""
+    """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already.
+
+    `denoised_negatives` and `denoised_perturbed` hold one prediction per index of the plan's `negatives` and
+    `perturbed`, in that order.
+    """
     guided = denoised_cond
     if step_plan.with_uncond:
         guided = cfg_rule(denoised_cond, denoised_uncond, step_plan.scale)
-        for negative, denoised_negative in zip(recipe.negatives, denoised_negatives, strict=True):
+        for index, denoised_negative in zip(step_plan.negatives, denoised_negatives, strict=True):
+            negative = recipe.negatives[index]
             guided = guided - negative.scale * negative_direction(denoised_negative, denoised_uncond, denoised_cond,
                                                                   negative.mode)
         guided = where_guided(step_plan, guided, denoised_cond)
-    if denoised_perturbed is not None:
-        guided = guided + pag_term(denoised_cond, denoised_perturbed, recipe.pag.scale)
+    for index, perturbed in zip(step_plan.perturbed, denoised_perturbed, strict=True):
+        guided = guided + pag_term(denoised_cond, perturbed, recipe.perturbations[index].scale)
     if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":
             thresholded = imagen_threshold(guided, recipe.threshold.threshold_percentile)

@@ -37,6 +37,13 @@ def _nonzero(denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator > 0, denominator, torch.ones_like(denominator))
 
 
+def _std(centred: torch.Tensor) -> torch.Tensor:
+    """Sample standard deviation over the last dim; 0 (a flat channel) where it holds a single element."""
+    if centred.shape[2] < 2:
+        return torch.zeros_like(centred[..., :1])
+    return centred.std(dim=2, keepdim=True)
+
+
 FLAT = 1e-6  # a spread below this fraction of a channel's largest |value| is rounding residue, not spread
 
 
@@ -48,8 +55,8 @@ def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor, settings: Dynamic
     cfg_centred = cfg_flat - cfg_mean
     mim_centred = mim_flat - mim_flat.mean(dim=2, keepdim=True)
     if settings.variability == "STD":
-        mim_ref = mim_centred.std(dim=2, keepdim=True)
-        cfg_ref = cfg_centred.std(dim=2, keepdim=True)
+        mim_ref = _std(mim_centred)
+        cfg_ref = _std(cfg_centred)
     else:
         mim_ref = mim_centred.abs().amax(dim=2, keepdim=True)
         cfg_ref = torch.quantile(cfg_centred.abs(), settings.threshold_percentile, dim=2, keepdim=True)

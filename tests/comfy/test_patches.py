@@ -297,9 +297,9 @@ def test_bad_inputs_are_refused_with_the_node_input_and_range(inprocess_bed, ste
     message = schedule.validate_inputs(custom="12, 10, abc")
     assert "SteerScaleSchedule" in message and "custom" in message and "value 3" in message
     assert schedule.validate_inputs(custom="12, 10") is True
-    with pytest.raises(ValueError, match="SteerScaleSchedule input 'custom'"):
+    with pytest.raises(ValueError, match=r"Steer Scale Schedule \(SteerScaleSchedule\): input 'custom'"):
         patch(inprocess_bed.model, "SteerScaleSchedule", curve="custom", custom="")
-    with pytest.raises(ValueError, match="SteerCFGSkip: start_percent .* 0.0–1.0"):
+    with pytest.raises(ValueError, match=r"Steer CFG Skip \(SteerCFGSkip\): input 'start_percent' .* 0.0–1.0"):
         patch(inprocess_bed.model, "SteerCFGSkip", mode="percent", start_percent=0.8, end_percent=0.2)
-    with pytest.raises(ValueError, match="SteerCFGSkip: sigma_low"):
+    with pytest.raises(ValueError, match=r"\(SteerCFGSkip\): input 'sigma_low'"):
         patch(inprocess_bed.model, "SteerCFGSkip", mode="sigma", sigma_high=1.0, sigma_low=2.0)

@@ -241,3 +241,12 @@ def test_imagen_half_precision():
     out = imagen_threshold(x0, 0.995)
     assert out.dtype == torch.float16 and torch.isfinite(out).all() and out.abs().max() <= 1.0
     torch.testing.assert_close(out.float(), reference_imagen(x0.float(), 0.995).float(), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("startpoint", ["MEAN", "ZERO"])
+def test_std_on_one_element_channels_is_left_alone(startpoint):
+    # A channel of one element has no spread (its sample std is undefined): it stays as it is, never NaN.
+    g = torch.Generator().manual_seed(31)
+    guided, mimic = torch.randn(2, 4, 1, 1, generator=g) * 5, torch.randn(2, 4, 1, 1, generator=g)
+    out = mimic_threshold(guided, mimic, DynamicThreshold(startpoint=startpoint, variability="STD"))
+    assert torch.equal(out, guided)
