@@ -26,6 +26,7 @@ from comfy.sampler_helpers import convert_cond
 from comfy_api.v0_0_2 import io
 
 from ..guiders.dropout import MASK64, dropped
+from .checks import check_inputs, node_label
 
 NODE = "SteerConditionDropout"
 KEY = "steer_dropout"
@@ -81,16 +82,17 @@ def zeroed(entry: dict) -> dict:
     return out
 
 
-def check_null(model, null: list | None) -> None:
+def check_null(node: type[io.ComfyNode], model, null: list | None) -> None:
     if null is None:
         config = model.model.model_config
         if not isinstance(config, ZERO_NULL_FAMILIES):
             raise ValueError(
-                f"{NODE}: connect null_conditioning (the empty prompt's encoding, CLIPTextEncode with no text) for "
-                f"this {type(config).__name__} model; zeros are used without it only for the SDXL and SD3 families, "
-                "whose unconditional is the zeroed conditioning")
+                f"{node_label(node)}: connect input 'null_conditioning' (the empty prompt's encoding, CLIPTextEncode "
+                f"with no text) for this {type(config).__name__} model; zeros are used without it only for the SDXL "
+                "and SD3 families, whose unconditional is the zeroed conditioning")
     elif not isinstance(null, list) or not null:
-        raise ValueError(f"{NODE}: null_conditioning is empty; connect a CONDITIONING (the empty prompt's encoding)")
+        raise ValueError(f"{node_label(node)}: input 'null_conditioning' is empty; connect a CONDITIONING (the empty "
+                         "prompt's encoding)")
 
 
 def with_dropout(model, settings: Dropout):
@@ -172,9 +174,6 @@ class SteerConditionDropout(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, rate: float, seed: int, null_conditioning: list | None = None) -> io.NodeOutput:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{NODE}: rate ({rate}) must lie in 0.0–1.0")
-        if not 0 <= seed <= MASK64:
-            raise ValueError(f"{NODE}: seed ({seed}) must lie in 0–{MASK64}")
-        check_null(model, null_conditioning)
+        check_inputs(cls, {"rate": rate, "seed": seed})
+        check_null(cls, model, null_conditioning)
         return io.NodeOutput(with_dropout(model, Dropout(rate, seed, null_conditioning)))

@@ -223,15 +223,16 @@ def test_training_is_told_by_the_trainer_class(steer):
 # --- bad input --------------------------------------------------------------------------------------------------------
 
 def test_sd15_without_null_is_refused(steer, dropout):
-    with pytest.raises(ValueError, match=r"SteerConditionDropout: connect null_conditioning .* SD15"):
+    with pytest.raises(ValueError, match=r"\(SteerConditionDropout\): connect input 'null_conditioning' .* SD15"):
         dropout(tiny_inprocess_model(), rate=0.1)
 
 
 @pytest.mark.parametrize(("inputs", "message"), [
-    ({"rate": 1.5}, r"SteerConditionDropout: rate \(1.5\) must lie in 0.0–1.0"),
-    ({"rate": -0.1}, r"rate \(-0.1\) must lie in 0.0–1.0"),
-    ({"seed": -1}, r"SteerConditionDropout: seed \(-1\) must lie in 0–"),
-    ({"null": []}, r"SteerConditionDropout: null_conditioning is empty"),
+    ({"rate": 1.5}, r"\(SteerConditionDropout\): input 'rate' \(1.5\) is out of range; accepted range 0.0–1.0"),
+    ({"rate": -0.1}, r"input 'rate' \(-0.1\) is out of range; accepted range 0.0–1.0"),
+    ({"rate": float("nan")}, r"input 'rate' is NaN; accepted range 0.0–1.0"),
+    ({"seed": -1}, r"input 'seed' \(-1\) is out of range; accepted range 0–18446744073709551615"),
+    ({"null": []}, r"\(SteerConditionDropout\): input 'null_conditioning' is empty"),
 ])
 def test_bad_input(steer, dropout, inputs, message):
     with pytest.raises(ValueError, match=message):
