@@ -65,8 +65,8 @@ class SteerScaleSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, model, curve: str, cfg_min: float, switch_at: float, exponent: float,
                 custom: str) -> io.NodeOutput:
-        check_inputs(cls, {"curve": curve, "cfg_min": cfg_min, "switch_at": switch_at, "exponent": exponent,
-                           "custom": custom}, _cross)
+        check_inputs(cls, {"model": model, "curve": curve, "cfg_min": cfg_min, "switch_at": switch_at,
+                           "exponent": exponent, "custom": custom}, _cross)
         scales = _custom_scales(custom) if curve == "custom" else ()
         schedule = ScaleSchedule(curve, cfg_min, switch_at, exponent, scales)
         return io.NodeOutput(with_steer(model, schedule))

@@ -44,7 +44,8 @@ class SteerDynamicThreshold(io.ComfyNode):
     @classmethod
     def execute(cls, model, mode: str, mimic_scale: float, threshold_percentile: float, startpoint: str,
                 variability: str, interpolate_phi: float) -> io.NodeOutput:
-        check_inputs(cls, {"mode": mode, "mimic_scale": mimic_scale, "threshold_percentile": threshold_percentile,
-                           "startpoint": startpoint, "variability": variability, "interpolate_phi": interpolate_phi})
+        check_inputs(cls, {"model": model, "mode": mode, "mimic_scale": mimic_scale,
+                           "threshold_percentile": threshold_percentile, "startpoint": startpoint,
+                           "variability": variability, "interpolate_phi": interpolate_phi})
         settings = DynamicThreshold(mode, mimic_scale, threshold_percentile, startpoint, variability, interpolate_phi)
         return io.NodeOutput(with_steer(model, settings))
