@@ -174,6 +174,6 @@ class SteerConditionDropout(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, rate: float, seed: int, null_conditioning: list | None = None) -> io.NodeOutput:
-        check_inputs(cls, {"rate": rate, "seed": seed})
+        check_inputs(cls, {"model": model, "rate": rate, "seed": seed, "null_conditioning": null_conditioning})
         check_null(cls, model, null_conditioning)
         return io.NodeOutput(with_dropout(model, Dropout(rate, seed, null_conditioning)))
