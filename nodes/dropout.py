@@ -26,7 +26,7 @@ from comfy.sampler_helpers import convert_cond
 from comfy_api.v0_0_2 import io
 
 from ..guiders.dropout import MASK64, dropped
-from .checks import check_inputs, node_label
+from .checks import check_inputs, node_label, validation
 
 NODE = "SteerConditionDropout"
 KEY = "steer_dropout"
@@ -171,6 +171,10 @@ class SteerConditionDropout(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model for Train LoRA, with condition dropout during training.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, rate: float | None = None, seed: int | None = None) -> bool | str:
+        return validation(cls, {"rate": rate, "seed": seed})
 
     @classmethod
     def execute(cls, model, rate: float, seed: int, null_conditioning: list | None = None) -> io.NodeOutput:

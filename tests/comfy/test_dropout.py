@@ -232,6 +232,7 @@ def test_sd15_without_null_is_refused(steer, dropout):
     ({"rate": -0.1}, r"input 'rate' \(-0.1\) is out of range; accepted range 0.0–1.0"),
     ({"rate": float("nan")}, r"input 'rate' is nan; accepted range 0.0–1.0"),
     ({"rate": "0.1"}, r"input 'rate' \('0.1'\) is not a number"),
+    ({"seed": 1.5}, r"input 'seed' \(1.5\) is not a whole number"),
     ({"seed": -1}, r"input 'seed' \(-1\) is out of range; accepted range 0–18446744073709551615"),
     ({"null": []}, r"\(SteerConditionDropout\): input 'null_conditioning' is empty"),
 ])
