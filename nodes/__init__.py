@@ -9,11 +9,13 @@ from .dropout import SteerConditionDropout
 from .guider import SteerGuider
 from .negative import SteerNegative
 from .pag import SteerPAG
+from .preview import register_routes
 from .schedule import SteerScaleSchedule
 from .skip import SteerCFGSkip
 from .threshold import SteerDynamicThreshold
 
 register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name only: see nodes/cfg_pp.py
+register_routes()  # read-only previews for js/steer.js: see nodes/preview.py
 
 
 class SteerExtension(ComfyExtension):

@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, help="images per class per run (default 300, --full 1000)")
     parser.add_argument("--seeds", type=int, help="independent seeds per setting (default 3, --full 5)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-check the claims and rewrite quality.md and the frontier/rows plots from the "
+                             "existing quality.json (no sampling)")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return _report_only(args.out)
     per_class = args.per_class or (1000 if args.full else 300)
     seeds = list(range(args.seeds or (5 if args.full else 3)))
 
@@ -83,6 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     for claim in claims.values():
         print(f"{claim['verdict']:>14}: {claim['claim']}\n                {claim['evidence']}")
     print(f"{len(records)} settings in {minutes:.1f} min; results in {args.out}")
+    return 0
+
+
+def _report_only(out: Path) -> int:
+    from . import report
+    from .claims import check_all
+
+    data = json.loads((out / "quality.json").read_text())
+    data["claims"] = check_all(data["records"])
+    (out / "quality.json").write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    (out / "quality.md").write_text(report.markdown(data["meta"], data["floor"], data["records"], data["claims"]))
+    report.frontier_plot(data["records"], data["floor"], out / "quality_frontier.png")
+    report.rows_plot(data["records"], out / "quality_rows.png")
     return 0
 
 

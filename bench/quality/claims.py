@@ -33,10 +33,13 @@ def cfg_at_precision(curve: list[Record], p: float, metric: str = "fd") -> float
 
 
 def versus_cfg(record: Record, curve: list[Record]) -> dict[str, float]:
-    """ΔFD, ΔSW and rows relative to CFG at equal precision (CFG's rows: 2 per step where guided)."""
+    """ΔFD, ΔSW and rows relative to CFG at equal precision (CFG's rows: 2 per step where guided). "Equal" is
+    within the precision's resolution: two seed sd plus one image, so a point at precision 1.000 is compared with
+    the cheapest CFG scale that reaches 0.999 rather than with an interpolation between near-identical precisions."""
     guided_rows = 2 * record["steps"]
-    return {"d_fd": record["fd"] - cfg_at_precision(curve, record["precision"]),
-            "d_sw": record["sw"] - cfg_at_precision(curve, record["precision"], "sw"),
+    p = record["precision"] - 2 * record["precision_sd"] - 1 / record["images"]
+    return {"d_fd": record["fd"] - cfg_at_precision(curve, p),
+            "d_sw": record["sw"] - cfg_at_precision(curve, p, "sw"),
             "rows_saved": 1 - record["rows"] / guided_rows}
 
 
@@ -97,7 +100,11 @@ def chung(records: list[Record]) -> Verdict:
     curve = cfg_curve(records)
     small = sorted((r for r in records if r["method"] == "cfg++" and r["sampler"] == "euler_cfg_pp"
                     and r["steps"] == 20 and r["model"] == "eps" and r["scale"] <= 0.6), key=lambda r: r["scale"])
-    parts, wins = [], 0
+    floor = min(c["precision"] for c in curve)
+    outside = [r for r in small if r["precision"] < floor]
+    small = [r for r in small if r["precision"] >= floor]
+    parts, wins = [f"λ {r['scale']:g}: precision {r['precision']:.3f}, below unguided CFG's {floor:.3f} (no "
+                   "comparison)" for r in outside], 0
     for r in small:
         delta = versus_cfg(r, curve)
         gap_cfg = cfg_at_precision(curve, r["precision"], "nll_gap")
@@ -119,7 +126,9 @@ def saharia(records: list[Record]) -> Verdict:
             wins += r["fd"] < cfg[r["scale"]]["fd"] - 2 * r["fd_sd"]
         if points:
             parts.append(f"{mode}: FD " + ", ".join(f"s {r['scale']:g} {r['fd']:.2f} (CFG {cfg[r['scale']]['fd']:.2f})"
-                                                    for r in points))
+                                                    for r in points)
+                         + f"; vs CFG at equal precision ΔFD {versus_cfg(points[0], cfg_curve(records))['d_fd']:+.2f}"
+                         f" at s {points[0]['scale']:g}")
     verdict = "holds" if total and wins == total else ("partly" if wins else "does not hold")
     return verdict, "; ".join(parts)
 

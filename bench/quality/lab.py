@@ -82,10 +82,11 @@ class Lab:
                 raise RuntimeError(f"non-finite samples for {setting}")
             x = flat(out)
             metrics = class_metrics(mixture, x, self.classes, seed)
-            if any(node_id == "SteerNegative" for node_id, _ in setting.patches):
-                offset = next(p[NEGATIVE_OFFSET] for n, p in setting.patches if n == "SteerNegative")
-                negated = (self.classes + offset) % self.num_classes
-                metrics["negated_share"] = float((mixture.most_likely_class(x) == negated).double().mean())
+            # share of images in class k + 1: the negated class where SteerNegative uses that offset, else a reference
+            offset = next((inputs.get(NEGATIVE_OFFSET, 1) for node_id, inputs in setting.patches
+                           if node_id == "SteerNegative"), 1)
+            negated = (self.classes + offset) % self.num_classes
+            metrics["negated_share"] = float((mixture.most_likely_class(x) == negated).double().mean())
             metrics["rows"] = sum(rows) / len(self.classes)
             runs.append(metrics)
         record: dict[str, Any] = {"method": setting.method, "model": setting.kind, "sampler": setting.sampler

@@ -45,8 +45,8 @@ def markdown(meta: dict[str, Any], floor: Record, records: list[Record], claims:
               "ΔFD vs CFG |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
-        if "negated_share" in r:
-            params += f"; negated class share {_pm(r, 'negated_share', 3)}"
+        if r["method"].startswith("extra negative") or (r["method"] == "cfg" and r["scale"] in (1.0, 3.0)):
+            params += f"; share in class k+1 {_pm(r, 'negated_share', 3)}"
         same_base = r["model"] == "eps" and r["sampler"] in ("euler", "euler_cfg_pp") and r["steps"] == 20
         delta = f"{versus_cfg(r, curve)['d_fd']:+.2f}" if same_base and r["method"] != "cfg" else ""
         lines.append(f"| {r['method']} | {r['model']} | {r['sampler']} | {r['steps']} | {r['scale']:g} | {params} | "
@@ -76,24 +76,26 @@ def frontier_plot(records: list[Record], floor: Record, path: Path) -> None:
                                              "CFG, guidance interval, adaptive skip, thresholding"),
                                             (("cfg", "schedule"), "CFG, CFG++ and schedule curves")], strict=True):
         for name, points in groups.items():
-            if not name.startswith(prefixes) or (name == "cfg++" and "schedule" not in prefixes):
+            if not name.startswith(prefixes) or name == "cfg++":
                 continue
             points = sorted(points, key=lambda r: r["scale"])
             style = {"color": "black", "linewidth": 2.5} if name == "cfg" else {}
-            ax.errorbar([r["precision"] for r in points], [r["fd"] for r in points],
+            ax.errorbar([1 - r["precision"] for r in points], [r["fd"] for r in points],
                         xerr=[r["precision_sd"] for r in points], yerr=[r["fd_sd"] for r in points],
                         marker="o", markersize=3, capsize=2, label=name, **style)
         if "schedule" in prefixes and "cfg++" in groups:
             points = sorted(groups["cfg++"], key=lambda r: r["scale"])
-            ax.errorbar([r["precision"] for r in points], [r["fd"] for r in points],
+            ax.errorbar([1 - r["precision"] for r in points], [r["fd"] for r in points],
                         yerr=[r["fd_sd"] for r in points], marker="s", color="tab:red", linewidth=2, label="cfg++ (λ)")
         ax.axhline(floor["fd"], color="grey", linestyle=":", label="exact samples (floor)")
         ax.set_yscale("log")
-        ax.set_xlabel("precision (share of samples in the requested class)")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlim(0.5, -2e-4)  # inverted: better precision to the right
+        ax.set_xlabel("1 − precision: share of samples outside the requested class (symlog; 0 at the right)")
         ax.set_ylabel("Fréchet distance to the exact conditional (log)")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    fig.suptitle("Precision–distance frontier (EPS mixture, 20 steps; lower right is better)")
+    fig.suptitle("Precision–distance frontier (EPS mixture, euler 20 steps; lower right is better; bars: seed sd)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -103,13 +105,15 @@ def rows_plot(records: list[Record], path: Path, scale: float = 3.0) -> None:
     base = [r for r in records if r["model"] == "eps" and r["steps"] == 20 and r["scale"] == scale
             and r["sampler"] == "euler"]
     base.sort(key=lambda r: r["rows"])
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(base) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(base) + 1.5))
     labels = [r["method"] + (f" ({r['params'].get('weight')})" if "weight" in r["params"] else "") for r in base]
     ax.barh(labels, [r["rows"] for r in base], color=["tab:green" if r["rows"] < 40 else "tab:grey" for r in base])
     ax.axvline(40, color="black", linestyle=":", label="plain CFG: 40 rows (2 per step)")
     for i, r in enumerate(base):
-        ax.text(r["rows"], i, f" {r['rows']:.1f}  (FD {r['fd']:.2f})", va="center", fontsize=7)
-    ax.set_xlabel(f"model rows per image (20 euler steps, scale {scale:g})")
+        ax.text(r["rows"], i, f" {r['rows']:.1f}  (precision {r['precision']:.3f}, FD {r['fd']:.2f})", va="center",
+                fontsize=7)
+    ax.set_xlabel(f"model rows per image (EPS mixture, 20 euler steps, scale {scale:g})")
+    ax.set_xlim(0, 80)
     ax.set_title("Rows spent per method")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

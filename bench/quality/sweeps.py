@@ -58,8 +58,8 @@ def settings(full: bool = False) -> list[Setting]:
     for mode in ("subtract", "perpendicular"):
         for weight in (0.5, 1.0, 2.0):
             params = {"scale": weight, "mode": mode, NEGATIVE_OFFSET: 1}
-            out.append(Setting(f"extra negative ({mode})", 3.0, {"weight": weight, "mode": mode},
-                               (("SteerNegative", params),)))
+            out += [Setting(f"extra negative ({mode})", s, {"weight": weight, "mode": mode},
+                            (("SteerNegative", params),)) for s in (1.0, 3.0)]
     for sampler in SAMPLERS if full else ("euler", "euler_ancestral", "heun", "dpmpp_2m"):
         for steps in STEPS if full else (10, 40):
             out += [Setting("sampler × steps", s, sampler=sampler, steps=steps) for s in (1.0, 3.0)]
