@@ -230,7 +230,8 @@ def test_sd15_without_null_is_refused(steer, dropout):
 @pytest.mark.parametrize(("inputs", "message"), [
     ({"rate": 1.5}, r"\(SteerConditionDropout\): input 'rate' \(1.5\) is out of range; accepted range 0.0–1.0"),
     ({"rate": -0.1}, r"input 'rate' \(-0.1\) is out of range; accepted range 0.0–1.0"),
-    ({"rate": float("nan")}, r"input 'rate' is nan; accepted range 0.0–1.0"),
+    ({"rate": float("nan")}, r"input 'rate' is NaN; accepted range 0.0–1.0"),
+    ({"rate": float("inf")}, r"input 'rate' is infinite; accepted range 0.0–1.0"),
     ({"rate": "0.1"}, r"input 'rate' \('0.1'\) is not a number"),
     ({"seed": 1.5}, r"input 'seed' \(1.5\) is not a whole number"),
     ({"seed": -1}, r"input 'seed' \(-1\) is out of range; accepted range 0–18446744073709551615"),
