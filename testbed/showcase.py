@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from testbed.examples import Builder, Example, Graph
-from testbed.workflow import api_to_ui, combo_options, input_specs, input_type, is_widget
+from testbed.workflow import api_to_ui, combo_options, control_values, input_specs, input_type, is_widget
 
 SAMPLERS = {"KSampler", "SamplerCustomAdvanced"}
 IMAGES = {"SaveImage", "PreviewImage"}
@@ -94,12 +94,14 @@ def hidden_widgets(info: dict[str, Any], values: dict[str, Any]) -> set[str]:
 
 
 def _front_end_height(node: dict[str, Any], info: dict[str, Any], values: dict[str, Any]) -> int:
-    """A Steer node's height as js/steer.js shows it: visible widgets plus its preview plot / preset combo."""
+    """A Steer node's height as js/steer.js shows it: visible widgets (a seed's "control after generate" included)
+    plus its preview plot / preset combo."""
     hidden = hidden_widgets(info, values)
-    widgets = [name for name, spec, _ in input_specs(info) if is_widget(spec) and name not in hidden]
+    widgets = sum(1 + control_values(name, spec) for name, spec, _ in input_specs(info)  # + "control after generate"
+                  if is_widget(spec) and name not in hidden)
     sockets = sum(1 for slot in node["inputs"] if "widget" not in slot)
     rows = max(sockets, len(node["outputs"]), 1)
-    return rows * 20 + 6 + WIDGET_HEIGHT * len(widgets) + 8 + JS_EXTRA_HEIGHT.get(node["type"], 0)
+    return rows * 20 + 6 + WIDGET_HEIGHT * widgets + 8 + JS_EXTRA_HEIGHT.get(node["type"], 0)
 
 
 def _roles(graph: Graph, first_plain: int) -> dict[str, str]:
