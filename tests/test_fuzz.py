@@ -92,10 +92,10 @@ def cases_for(node: str, spec: dict[str, Any]) -> Iterator[Case]:
                     bad.append(extra["min"] - 1)
                 if extra.get("max") is not None:
                     bad.append(extra["max"] + 1)
-                if kind == "INT":
-                    bad.append(1.5)
                 for value in bad:
                     yield Case(node, name, value, False)
+                if kind == "INT":  # ComfyUI converts an INT with int() before any node sees it, as for core's seeds
+                    yield Case(node, name, 1.5, True)
             elif kind == "STRING":
                 for value in ("", " ", "x" * 100_000, "\x00\x01\ufffd garbage ;;; ,,", "1_000", "1e-400", "nan",
                               "-1", "9" * 400, "middle.0, middle.0.99", "joint.0", 12345):
