@@ -10,7 +10,7 @@ A `Recipe` is the immutable set of guidance components on a model. For each eval
   2. extra negatives: `D −= w·(D_n − D_u)` or its part orthogonal to `D_c − D_u`;
      samples that CFG-skip leaves unguided take `D_c` exactly instead of 1–2;
   3. PAG: `D += s_p·(D_c − D̂_c)` (independent of CFG: it also works at scale 1 and on CFG-skipped steps);
-  4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the mimic scale;
+  4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the step's mimic scale;
      imagen: percentile clamp).
 """
 
@@ -68,6 +68,7 @@ class Plan:
     with_uncond: bool
     with_negatives: bool
     with_perturbed: bool
+    mimic_scale: float = 0.0  # dynamic thresholding's (scheduled) mimic scale at this step
 
 
 def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
@@ -105,7 +106,9 @@ def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: i
     if not with_uncond:
         guided = torch.zeros(batch, dtype=torch.bool)
     with_perturbed = recipe.pag is not None and recipe.pag.active(step, tracker.steps)
-    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond, with_perturbed)
+    mimic_scale = recipe.threshold.mimic_schedule.scale(recipe.threshold.mimic_scale, step, tracker.steps) \
+        if recipe.threshold is not None else 0.0
+    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond, with_perturbed, mimic_scale)
 
 
 def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
@@ -141,9 +144,9 @@ def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denois
         guided = guided + pag_term(denoised_cond, denoised_perturbed, recipe.pag.scale)
     if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":
-            thresholded = imagen_threshold(guided, recipe.threshold.threshold_percentile)
+            thresholded = imagen_threshold(guided, recipe.threshold.percentile)
         else:
-            mimic = cfg(denoised_cond, denoised_uncond, recipe.threshold.mimic_scale)
+            mimic = cfg(denoised_cond, denoised_uncond, step_plan.mimic_scale)
             thresholded = mimic_threshold(guided, mimic, recipe.threshold)
         guided = where_guided(step_plan, thresholded, guided)
     return guided

@@ -154,10 +154,10 @@ def reference_combine(recipe: Recipe, scale: float, d_c, d_u, d_ns) -> torch.Ten
         out = out - negative.scale * (away if negative.mode == "subtract" else reference_perpendicular(away, d_c - d_u))
     if recipe.threshold is not None:
         if recipe.threshold.mode == "imagen":
-            out = reference_imagen(out, recipe.threshold.threshold_percentile)
+            out = reference_imagen(out, recipe.threshold.percentile)
         else:
             out = reference_mean_ad(out, d_u + recipe.threshold.mimic_scale * (d_c - d_u),
-                                    recipe.threshold.threshold_percentile)
+                                    recipe.threshold.percentile)
     return out
 
 
