@@ -29,6 +29,7 @@ from .schedule import ScaleSchedule
 from .skip import CFGSkip, noise_cosine
 from .steps import StepTracker
 from .threshold import DynamicThreshold, imagen_threshold, mimic_threshold
+from .trace import Trace, norms, record
 
 CFGRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -58,6 +59,7 @@ class RunState:
 
     tracker: StepTracker
     switched_at: torch.Tensor | None = None  # per sample: first step that is conditional-only (adaptive skip)
+    trace: Trace | None = None  # what each evaluation did, for SteerTrace; None costs nothing
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,10 @@ def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
     return keep_uncond or not math.isclose(scale, 1.0)
 
 
-def new_run(schedule: Sequence[float], evaluations: Sequence[int] | None = None) -> RunState:
+def new_run(schedule: Sequence[float], evaluations: Sequence[int] | None = None,
+            trace: Trace | None = None) -> RunState:
     """A run over `schedule`; `evaluations` per step where the sampler's stages are known (guiders/steps.py)."""
-    return RunState(StepTracker(schedule, evaluations))
+    return RunState(StepTracker(schedule, evaluations), trace=trace)
 
 
 def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: int,
@@ -131,8 +134,11 @@ def where_guided(step_plan: Plan, guided: torch.Tensor, unguided: torch.Tensor) 
 
 def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
             denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: torch.Tensor | None = None,
-            cfg_rule: CFGRule = cfg) -> torch.Tensor:
-    """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already."""
+            cfg_rule: CFGRule = cfg, trace: Trace | None = None) -> torch.Tensor:
+    """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already.
+
+    With a `trace`, what the evaluation did is added to it (guiders/trace.py); without one nothing is measured.
+    """
     guided = denoised_cond
     if step_plan.with_uncond:
         guided = cfg_rule(denoised_cond, denoised_uncond, step_plan.scale)
@@ -140,8 +146,11 @@ def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denois
             guided = guided - negative.scale * negative_direction(denoised_negative, denoised_uncond, denoised_cond,
                                                                   negative.mode)
         guided = where_guided(step_plan, guided, denoised_cond)
+    pag = None
     if denoised_perturbed is not None:
-        guided = guided + pag_term(denoised_cond, denoised_perturbed, recipe.pag.scale)
+        pag = pag_term(denoised_cond, denoised_perturbed, recipe.pag.scale)
+        guided = guided + pag
+    before_threshold = guided
     if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":
             thresholded = imagen_threshold(guided, recipe.threshold.percentile)
@@ -149,4 +158,17 @@ def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denois
             mimic = cfg(denoised_cond, denoised_uncond, step_plan.mimic_scale)
             thresholded = mimic_threshold(guided, mimic, recipe.threshold)
         guided = where_guided(step_plan, thresholded, guided)
+    if trace is not None:
+        _record(trace, recipe, step_plan, guided, denoised_cond, denoised_uncond, before_threshold, pag)
     return guided
+
+
+def _record(trace: Trace, recipe: Recipe, step_plan: Plan, guided: torch.Tensor, denoised_cond: torch.Tensor,
+            denoised_uncond: torch.Tensor, before_threshold: torch.Tensor, pag: torch.Tensor | None) -> None:
+    branches = (1 + step_plan.with_uncond + len(recipe.negatives) * step_plan.with_negatives
+                + step_plan.with_perturbed)
+    thresholded = recipe.threshold is not None and step_plan.with_uncond
+    record(trace, step_plan.step, step_plan.scale, step_plan.guided, branches, guided, denoised_cond,
+           denoised_cond - denoised_uncond if step_plan.with_uncond else None,
+           norms(guided) / norms(before_threshold).clamp(min=1e-30) if thresholded else None,
+           norms(pag) if pag is not None else None)

@@ -11,6 +11,7 @@ from .pag import SteerPAG
 from .schedule import SteerScaleSchedule
 from .skip import SteerCFGSkip
 from .threshold import SteerDynamicThreshold
+from .trace import SteerTrace, SteerTracePlot
 
 register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name only: see nodes/cfg_pp.py
 
@@ -18,7 +19,7 @@ register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name onl
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG,
-                SteerCFGPPSampler]
+                SteerCFGPPSampler, SteerTrace, SteerTracePlot]
 
 
 async def comfy_entrypoint() -> SteerExtension:

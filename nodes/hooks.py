@@ -3,8 +3,9 @@
 Patch nodes put a `Recipe` into the model's options and install the wrappers once; both doors (KSampler's core
 CFGGuider and SteerGuider) then run the same code. Wrappers chain (ComfyUI's WrappersMP), so nothing of ComfyUI or
 of other packs is replaced:
-  - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond;
-  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches) in this run's own model_options;
+  - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond, and hands
+    a traced model's recorder the latent the run returned (SteerTrace);
+  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches, trace) in this run's own model_options;
   - PREDICT_NOISE: runs each evaluation through `predict`, keeping every wrapper registered inside ours.
 """
 
@@ -26,6 +27,7 @@ from .predict import predict
 KEY = "steer"
 RECIPE = "steer_recipe"
 RUN = "steer_run"
+TRACE = "steer_trace"  # a guiders.trace.Recorder, set by SteerTrace
 
 # Multi-stage samplers whose evaluations are attributed to steps by counting (guiders/steps.py says why). Their
 # flow (RF) variants are dispatched from these same functions. The ancestral ones make one evaluation instead of two
@@ -62,13 +64,21 @@ def _outer_sample(executor, *args, **kwargs):
         # prompt_type "negative": models that encode negatives differently (SDXL refiner's aesthetic score) do so here.
         conds = convert_cond(negative.conditioning)
         guider.conds[negative_key(index)] = [{"prompt_type": "negative"} | cond for cond in conds]
-    return executor(*args, **kwargs)
+    recorder = guider.model_options.get(TRACE)
+    if recorder is None:
+        return executor(*args, **kwargs)
+    recorder.begin()
+    output = executor(*args, **kwargs)
+    recorder.finish(output)
+    return output
 
 
 def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
     schedule = sigmas.tolist()
     pattern = STAGE_PATTERNS.get(getattr(executor.class_obj, "sampler_function", None))
-    extra_args["model_options"][RUN] = new_run(schedule, pattern and evaluations_per_step(pattern, schedule))
+    recorder = extra_args["model_options"].get(TRACE)
+    trace = recorder.start(len(schedule) - 1) if recorder is not None else None
+    extra_args["model_options"][RUN] = new_run(schedule, pattern and evaluations_per_step(pattern, schedule), trace)
     return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 

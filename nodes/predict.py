@@ -61,7 +61,7 @@ def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: C
                     "model": model, "model_options": model_options, "input_cond": positive, "input_uncond": uncond}
             return x - model_options["sampler_cfg_function"](args)
     denoised = engine.combine(recipe, step, denoised_cond, denoised_uncond, denoised_negatives, denoised_perturbed,
-                              cfg_rule)
+                              cfg_rule, run.trace)
 
     for fn in model_options.get("sampler_post_cfg_function", []):
         args = {"denoised": denoised, "cond": positive, "uncond": uncond, "cond_scale": step.scale, "model": model,
