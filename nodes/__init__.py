@@ -10,6 +10,7 @@ from .negative import SteerNegative
 from .pag import SteerPAG
 from .schedule import SteerScaleSchedule
 from .skip import SteerCFGSkip
+from .sweep import SteerSweep
 from .threshold import SteerDynamicThreshold
 from .trace import SteerTrace, SteerTracePlot
 
@@ -19,7 +20,7 @@ register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name onl
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG,
-                SteerCFGPPSampler, SteerTrace, SteerTracePlot]
+                SteerCFGPPSampler, SteerSweep, SteerTrace, SteerTracePlot]
 
 
 async def comfy_entrypoint() -> SteerExtension:

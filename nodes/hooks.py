@@ -58,6 +58,16 @@ def with_steer(model, component=None):
     return patched
 
 
+def without_steer(model):
+    """A clone of `model` with every Steer patch and wrapper taken off (other packs' patches stay)."""
+    plain = model.clone()
+    for key in (RECIPE, TRACE):
+        plain.model_options.pop(key, None)
+    for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
+        plain.remove_wrappers_with_key(wrapper_type, KEY)
+    return plain
+
+
 def _outer_sample(executor, *args, **kwargs):
     guider = executor.class_obj
     for index, negative in enumerate(recipe_of(guider.model_options).negatives):
