@@ -81,13 +81,14 @@ def _no_patches(b: _Builder, model: Link, clip: Link) -> Link:
 
 def _scale_schedule(b: _Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerScaleSchedule", model=model, **{"curve": "linear_down", "cfg_min": 4.0, "switch_at": 0.5,
-                                                         "exponent": 2.0, "custom": "", **settings}), 0]
+                                                         "exponent": 2.0, "custom": "", "cycles": 1.0, **settings}), 0]
 
 
 def _dynamic_threshold(b: _Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerDynamicThreshold", model=model, **{
         "mode": "latent", "mimic_scale": 7.0, "threshold_percentile": 1.0, "startpoint": "MEAN",
-        "variability": "AD", "interpolate_phi": 1.0, **settings}), 0]
+        "variability": "AD", "interpolate_phi": 1.0, "mimic_curve": "constant", "mimic_scale_min": 1.0,
+        "mimic_curve_value": 1.0, "separate_feature_channels": True, **settings}), 0]
 
 
 def _cfg_skip(b: _Builder, model: Link, **settings: Any) -> Link:
@@ -223,9 +224,25 @@ def steer_cfg_pp_ksampler() -> Graph:
                              sampler_name="steer_euler_ancestral_cfg_pp")
 
 
+def steer_sweep() -> Graph:
+    """cfg 4, 8, 12 and 16 from one seed, with dynamic thresholding (mimic 7) and without it: the grid shows where
+    plain CFG starts to burn and what thresholding keeps of it."""
+    b = _Builder()
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[ckpt, 1])
+    neg = b.add("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=[ckpt, 1])
+    model = _dynamic_threshold(b, [ckpt, 0], mimic_scale=7.0)
+    latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    grid = b.add("SteerSweep", model=model, seed=SEED, steps=STEPS, sampler_name="euler", scheduler="normal",
+                 positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0], vae=[ckpt, 2], denoise=1.0,
+                 scales="4, 8, 12, 16", compare_without_steer=True)
+    b.add("SaveImage", images=[grid, 0], filename_prefix="steer_sweep")
+    return b.graph
+
+
 EXAMPLES: dict[str, Callable[[], Graph]] = {build.__name__: build for build in (
     steer_cfg, steer_scale_schedule, steer_dynamic_threshold, steer_cfg_skip, steer_negative, steer_all_four,
-    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip, steer_cfg_pp, steer_cfg_pp_ksampler)}
+    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip, steer_cfg_pp, steer_cfg_pp_ksampler, steer_sweep)}
 
 
 def main() -> None:

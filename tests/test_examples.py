@@ -41,7 +41,7 @@ def test_definition(name: str) -> None:
     assert steps and all(s <= 10 for s in steps)
     types = {node["class_type"] for node in graph.values()}
     assert types & (PATCHES | {"SteerGuider"})
-    assert ("KSampler" in types) != ("SamplerCustomAdvanced" in types)
+    assert ("KSampler" in types) + ("SamplerCustomAdvanced" in types) + ("SteerSweep" in types) == 1
     if "SamplerCustomAdvanced" in types:
         assert "SteerGuider" in types
 
