@@ -394,3 +394,14 @@ def test_trace_plot_follows_requeues_with_other_settings(server: ComfyServer) ->
     other = run_traced(server, 4.0, "trace_b")
     assert first.shape == other.shape and not np.array_equal(first, other)
     np.testing.assert_array_equal(run_traced(server, 10.0, "trace_c"), first)
+
+
+def test_prompts_saved_before_the_new_threshold_inputs_run_as_before(
+        server: ComfyServer, workflows: dict[str, dict[str, Any]], example_pixels: Callable[[str], np.ndarray]) -> None:
+    """An API prompt saved before SteerDynamicThreshold had mimic_curve, mimic_scale_min, mimic_curve_value and
+    separate_feature_channels (all optional) passes validation and gives the same pixels as with their defaults."""
+    prompt = edited(workflows["steer_dynamic_threshold"], "SteerDynamicThreshold", mimic_curve=None,
+                    mimic_scale_min=None, mimic_curve_value=None, separate_feature_channels=None)
+    prompt = edited(prompt, "SaveImage", filename_prefix="saved_before")
+    np.testing.assert_array_equal(render(server, prompt, prefix="saved_before"),
+                                  example_pixels("steer_dynamic_threshold"))

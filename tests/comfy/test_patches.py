@@ -3,6 +3,7 @@ minimum rows per model call, and manners towards ComfyUI's and other packs' hook
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -384,3 +385,17 @@ def test_dynamic_threshold_refuses_settings_that_cannot_work(steer_nodes, patch,
     assert node.validate_inputs(**(settings | {"threshold_percentile": None})) is True  # linked: checked in execute
     with pytest.raises(ValueError, match=expected.split(" is ")[0]):
         patch(inprocess_bed.model, "SteerDynamicThreshold", **inputs)
+
+
+@pytest.mark.parametrize(("node_id", "new_inputs"), [
+    ("SteerDynamicThreshold", {"mimic_curve", "mimic_scale_min", "mimic_curve_value", "separate_feature_channels"}),
+    ("SteerScaleSchedule", {"cycles"}),
+])
+def test_new_inputs_are_optional_with_the_same_defaults_in_the_ui_and_in_python(steer_nodes, node_id, new_inputs):
+    """Saved workflows keep loading: the inputs added for mcmonkey's users are optional, and a prompt that lacks them
+    gets, in execute, the very defaults a new node shows (constant mimic, per-channel statistics, one cycle)."""
+    node = steer_nodes[node_id]
+    parameters = inspect.signature(node.execute).parameters
+    optional = {i.id: i.default for i in node.define_schema().inputs if i.optional}
+    assert set(optional) == new_inputs
+    assert {name: parameters[name].default for name in optional} == optional
