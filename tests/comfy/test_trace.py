@@ -90,3 +90,16 @@ def test_copies_of_the_traced_model_share_its_recorder(inprocess_bed, node):
                  custom="")[0]
     latent = ksampler(later, bed.positive, bed.negative, 5.0, "euler", bed.latent(1), steps=3)
     assert recorder.find(latent).per_step(0)["rows"] == [2.0, 2.0, 2.0]
+
+
+def test_trace_on_every_test_bed_model(bed, node):
+    """The in-process SD1.5-family model, the tiny SD1.5 checkpoint and the SD3 flow model: rows as computed, the
+    scale per step, and the same latent as without tracing."""
+    model = node("SteerCFGSkip", bed.model, "percent", 0.0, 0.5, 5.42, 0.28, 0.99)[0]
+    traced, recorder = node("SteerTrace", model)
+    with model_calls(bed.model) as rows:
+        latent = ksampler(traced, bed.positive, bed.negative, 5.0, "euler", bed.latent(1), steps=4)
+    assert torch.equal(latent, ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(1), steps=4))
+    table = recorder.find(latent).per_step(0)
+    assert table["rows"] == [float(r) for r in rows] == [2.0, 2.0, 1.0, 1.0]
+    assert table["scale"] == [5.0] * 4 and table["guided"] == [1.0, 1.0, 0.0, 0.0]
