@@ -35,14 +35,16 @@ PY
   fi
 fi
 # 2. Python environment. torch 2.14.1 pairs with torchvision 0.29.1 (PyPI's torchvision cannot import beside
-# 2.13.0); torchaudio is left out (ComfyUI only loses its audio nodes).
-grep -v '^torchaudio' "$comfy/requirements.txt" > "$tb/comfyui-requirements.txt"
+# 2.13.0) and with PyPI's torchaudio 2.11.1 (ComfyUI >= 0.20 imports torchaudio unconditionally); ComfyUI's own
+# unpinned torch lines are pinned to those.
+sed -E -e 's/^torch([<>=~!].*)?$/torch==2.14.1/' -e 's/^torchvision([<>=~!].*)?$/torchvision==0.29.1/' \
+  -e 's/^torchaudio([<>=~!].*)?$/torchaudio==2.11.1/' "$comfy/requirements.txt" > "$tb/comfyui-requirements.txt"
 reqs=("$tb/comfyui-requirements.txt" "$root/requirements.txt" "$root/scripts/requirements-testbed.txt")
 stamp="$venv/.steer-deps-$(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x "$py" ] || python3 -m venv "$venv"
   "$py" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  "$py" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -r "${reqs[0]}" -r "${reqs[1]}" -r "${reqs[2]}"
+  "$py" -m pip install --quiet -r "${reqs[0]}" -r "${reqs[1]}" -r "${reqs[2]}"
   rm -f "$venv"/.steer-deps-*
   touch "$stamp"
 fi
