@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 INK, PAPER, FAINT, SHADE, LINE = (20, 20, 20), (255, 255, 255), (200, 200, 200), (232, 232, 232), (30, 90, 200)
-LABEL = 22  # height of a text band, in pixels
+LABEL = 22  # height of a chart's text band, in pixels
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -27,24 +27,31 @@ def to_image(pictures: Sequence[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(p.convert("RGB"), dtype=np.float32) / 255.0 for p in pictures]))
 
 
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default()
+def _font(size: int = 11) -> ImageFont.ImageFont:
+    """PIL's own font at `size` px (Pillow ≥ 10.1 with FreeType), else its fixed bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
 
 
 def labelled_grid(cells: Sequence[Sequence[Image.Image]], column_labels: Sequence[str],
                   row_labels: Sequence[str]) -> Image.Image:
     """Pictures of one size in rows × columns, with a label band above each column and a label column on the left
-    (omitted when there is one unnamed row)."""
+    (omitted when there is one unnamed row); the text grows with the pictures (1/20 of their height, at least 11 px)."""
     width, height = cells[0][0].size
-    label_width = max((int(ImageDraw.Draw(cells[0][0]).textlength(t, font=_font())) for t in row_labels if t),
-                      default=-12) + 12
-    grid = Image.new("RGB", (label_width + width * len(column_labels), LABEL + height * len(row_labels)), PAPER)
+    font = _font(max(11, height // 20))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_height = int(measure.textbbox((0, 0), "cfg 0.5", font=font)[3])
+    band = text_height + 10
+    label_width = max((int(measure.textlength(t, font=font)) for t in row_labels if t), default=-12) + 12
+    grid = Image.new("RGB", (label_width + width * len(column_labels), band + height * len(row_labels)), PAPER)
     draw = ImageDraw.Draw(grid)
     for column, text in enumerate(column_labels):
-        draw.text((label_width + column * width + 4, 5), text, fill=INK, font=_font())
+        draw.text((label_width + column * width + 4, 5), text, fill=INK, font=font)
     for row, (text, pictures) in enumerate(zip(row_labels, cells, strict=True)):
-        top = LABEL + row * height
-        draw.text((4, top + height // 2 - 6), text, fill=INK, font=_font())
+        top = band + row * height
+        draw.text((4, top + (height - text_height) // 2), text, fill=INK, font=font)
         for column, picture in enumerate(pictures):
             grid.paste(picture, (label_width + column * width, top))
     return grid

@@ -329,14 +329,11 @@ def test_run_example_prints_the_pngs(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 # --- SteerSweep and SteerTrace through the API ----------------------------------------------------------------------
 
-GRID_LABEL = 22  # the label band above a grid's columns (nodes/drawing.py)
-
-
 def sweep_cells(grid: np.ndarray, rows: int, columns: int, size: int = 64) -> list[np.ndarray]:
-    """The cells of a SteerSweep grid, row by row (the row labels sit left of the cells)."""
-    left = grid.shape[1] - columns * size
-    assert grid.shape == (GRID_LABEL + rows * size, left + columns * size, 3) and left >= 0, grid.shape
-    return [grid[GRID_LABEL + r * size:GRID_LABEL + (r + 1) * size, left + c * size:left + (c + 1) * size]
+    """The cells of a SteerSweep grid, row by row (the labels sit above and left of the cells)."""
+    band, left = grid.shape[0] - rows * size, grid.shape[1] - columns * size
+    assert band > 10 and left >= 0 and grid.shape[2] == 3, grid.shape
+    return [grid[band + r * size:band + (r + 1) * size, left + c * size:left + (c + 1) * size]
             for r in range(rows) for c in range(columns)]
 
 
