@@ -12,6 +12,7 @@ nothing is recorded or measured.
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
+from PIL import Image
 
 from ..guiders.trace import Recorder, Trace
 from .drawing import to_image, trace_chart
@@ -48,7 +49,7 @@ class SteerTrace(io.ComfyNode):
 ROWS = "rows computed (batch x branches)"
 
 
-def chart(run: Trace, sample: int):
+def chart(run: Trace, sample: int) -> Image.Image:
     """The picture of one image's run: a panel per measure over the steps, CFG-skipped steps shaded."""
     table = run.per_step(sample)
     series = [("guidance scale (shaded: steps without CFG)", table["scale"]), (ROWS, table["rows"]),

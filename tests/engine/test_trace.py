@@ -90,5 +90,15 @@ def test_the_recorder_finds_each_run_by_its_output_and_survives_copies():
     assert recorder.find(outputs[1]).steps == 5  # the newest run with this output, not the interrupted one
 
 
-def test_no_trace_no_record():
+def test_without_a_trace_nothing_is_measured(monkeypatch):
+    """Costs nothing when not used: a run has no trace unless SteerTrace gives one, and combine then never records."""
     assert engine.new_run(SCHEDULE).trace is None
+
+    def measured(*_args, **_kwargs):
+        raise AssertionError("measured without a trace")
+
+    monkeypatch.setattr(engine, "record", measured)
+    recipe = Recipe(threshold=DynamicThreshold(), pag=PerturbedAttention(scale=1.0))
+    d_c, d_u, d_p = tensors(5, 3)
+    step = engine.plan(recipe, engine.new_run(SCHEDULE), 5.0, SCHEDULE[0], 2)
+    engine.combine(recipe, step, d_c, d_u, (), d_p)
