@@ -3,13 +3,15 @@
 A `Recipe` is the immutable set of guidance components on a model. For each evaluation `plan` decides
   - the scale: the sampler's / guider's cfg, or the scheduled one;
   - which samples are guided: CFG-skip can leave steps (or, adaptively, samples) conditional-only;
-  - which branches to compute: the cond always; the uncond and extra negatives only if some sample is guided and
-    guidance changes something (scale ≠ 1, or extra negatives present); the perturbed cond (PAG) inside its window.
+  - which branches to compute: the cond always; the uncond and the extra negatives of non-zero weight only if some
+    sample is guided and guidance changes something (scale ≠ 1, or such a negative present); the perturbed cond of
+    each PAG patch of non-zero scale inside its window. A branch whose weight is 0 costs no rows.
 `combine` then applies the components in one fixed order:
   1. CFG at the step's scale: `D = D_u + s·(D_c − D_u)` (or a foreign CFG function, at the same scale);
   2. extra negatives: `D −= w·(D_n − D_u)` or its part orthogonal to `D_c − D_u`;
      samples that CFG-skip leaves unguided take `D_c` exactly instead of 1–2;
-  3. PAG: `D += s_p·(D_c − D̂_c)` (independent of CFG: it also works at scale 1 and on CFG-skipped steps);
+  3. PAG: `D += s_p·(D_c − D̂_c)` for each PAG patch (independent of CFG: it also works at scale 1 and on CFG-skipped
+     steps);
   4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the step's mimic scale;
      imagen: percentile clamp).
 """
@@ -32,25 +34,36 @@ from .threshold import DynamicThreshold, imagen_threshold, mimic_threshold
 from .trace import Trace, norms, record
 
 CFGRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+Component = ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
+SINGLE_SLOTS = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip"}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The guidance components on a model. Each patch node sets one slot (negatives accumulate)."""
+    """The guidance components on a model.
+
+    Extra negatives and PAG patches accumulate: each is its own branch of the same batched call, with its own weight
+    (and, for PAG, its own blocks and window). A scale schedule, a threshold and a CFG-skip can only hold once: a
+    later one replaces the earlier (`replaced` tells the adapter which, so it can say so).
+    """
 
     schedule: ScaleSchedule | None = None
     threshold: DynamicThreshold | None = None
     skip: CFGSkip | None = None
     negatives: tuple[ExtraNegative, ...] = ()
-    pag: PerturbedAttention | None = None
+    perturbations: tuple[PerturbedAttention, ...] = ()
 
-    def adding(self, component: ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
-               ) -> Recipe:
+    def adding(self, component: Component) -> Recipe:
         if isinstance(component, ExtraNegative):
             return replace(self, negatives=(*self.negatives, component))
-        slot = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip",
-                PerturbedAttention: "pag"}[type(component)]
-        return replace(self, **{slot: component})
+        if isinstance(component, PerturbedAttention):
+            return replace(self, perturbations=(*self.perturbations, component))
+        return replace(self, **{SINGLE_SLOTS[type(component)]: component})
+
+    def replaced(self, component: Component) -> ScaleSchedule | DynamicThreshold | CFGSkip | None:
+        """The component that adding `component` would replace, if any."""
+        slot = SINGLE_SLOTS.get(type(component))
+        return getattr(self, slot) if slot else None
 
 
 @dataclass
@@ -68,8 +81,16 @@ class Plan:
     scale: float
     guided: torch.Tensor  # bool per sample
     with_uncond: bool
-    with_negatives: bool
-    with_perturbed: bool
+    negatives: tuple[int, ...]  # indices into recipe.negatives computed at this evaluation
+    perturbed: tuple[int, ...]  # indices into recipe.perturbations computed at this evaluation
+
+    @property
+    def with_negatives(self) -> bool:
+        return bool(self.negatives)
+
+    @property
+    def with_perturbed(self) -> bool:
+        return bool(self.perturbed)
     mimic_scale: float = 0.0  # dynamic thresholding's (scheduled) mimic scale at this step
 
 
@@ -104,22 +125,28 @@ def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: i
             guided = run.switched_at > step
         elif not recipe.skip.guides_step(step, tracker.steps, tracker.schedule[step]):
             guided = torch.zeros(batch, dtype=torch.bool)
-    with_negatives = bool(recipe.negatives)
-    with_uncond = has_uncond and bool(guided.any()) and (with_negatives or needs_uncond(scale, keep_uncond))
+    negatives = tuple(i for i, negative in enumerate(recipe.negatives) if negative.scale != 0)
+    with_uncond = has_uncond and bool(guided.any()) and (bool(negatives) or needs_uncond(scale, keep_uncond))
     if not with_uncond:
         guided = torch.zeros(batch, dtype=torch.bool)
-    with_perturbed = recipe.pag is not None and recipe.pag.active(step, tracker.steps)
+    perturbed = tuple(i for i, pag in enumerate(recipe.perturbations) if pag.active(step, tracker.steps))
     mimic_scale = recipe.threshold.mimic_schedule.scale(recipe.threshold.mimic_scale, step, tracker.steps) \
         if recipe.threshold is not None else 0.0
-    return Plan(step, scale, guided, with_uncond, with_negatives and with_uncond, with_perturbed, mimic_scale)
+    return Plan(step, scale, guided, with_uncond, negatives if with_uncond else (), perturbed, mimic_scale)
 
 
 def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
-            denoised_uncond: torch.Tensor) -> None:
-    """Adaptive skip: samples whose cond and uncond agree (cos ≥ γ̄) are conditional-only from the next step on."""
+            denoised_uncond: torch.Tensor, alpha: float = 1.0) -> None:
+    """Adaptive skip: samples whose noise predictions agree (cos ≥ γ̄) are conditional-only from the next step on.
+
+    `alpha` is the signal scale of the model's noising path `x = α·x0 + σ·n` at this sigma (guiders/skip.py).
+    """
     if recipe.skip is None or recipe.skip.mode != "adaptive" or not step_plan.with_uncond:
         return
-    agree = (noise_cosine(x, denoised_cond, denoised_uncond) >= recipe.skip.threshold).cpu() & step_plan.guided
+    cosine = noise_cosine(x, denoised_cond, denoised_uncond, alpha)
+    # At α = 0 (σ = 1 on flow: pure noise) the noise is x itself whatever the prompt: the cosine says nothing there.
+    informative = torch.as_tensor(alpha).reshape(-1).cpu() > 0
+    agree = (cosine >= recipe.skip.threshold).cpu() & informative & step_plan.guided
     run.switched_at = torch.where(agree, torch.minimum(run.switched_at, torch.tensor(step_plan.step + 1)),
                                   run.switched_at)
 
@@ -133,23 +160,28 @@ def where_guided(step_plan: Plan, guided: torch.Tensor, unguided: torch.Tensor) 
 
 
 def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
-            denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: torch.Tensor | None = None,
+            denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: Sequence[torch.Tensor] = (),
             cfg_rule: CFGRule = cfg, trace: Trace | None = None) -> torch.Tensor:
     """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already.
 
-    With a `trace`, what the evaluation did is added to it (guiders/trace.py); without one nothing is measured.
+    `denoised_negatives` and `denoised_perturbed` hold one prediction per index of the plan's `negatives` and
+    `perturbed`, in that order. With a `trace`, what the evaluation did is added to it (guiders/trace.py); without
+    one nothing is measured.
     """
     guided = denoised_cond
     if step_plan.with_uncond:
         guided = cfg_rule(denoised_cond, denoised_uncond, step_plan.scale)
-        for negative, denoised_negative in zip(recipe.negatives, denoised_negatives, strict=True):
+        for index, denoised_negative in zip(step_plan.negatives, denoised_negatives, strict=True):
+            negative = recipe.negatives[index]
             guided = guided - negative.scale * negative_direction(denoised_negative, denoised_uncond, denoised_cond,
                                                                   negative.mode)
         guided = where_guided(step_plan, guided, denoised_cond)
     pag = None
-    if denoised_perturbed is not None:
-        pag = pag_term(denoised_cond, denoised_perturbed, recipe.pag.scale)
-        guided = guided + pag
+    for index, perturbed in zip(step_plan.perturbed, denoised_perturbed, strict=True):
+        term = pag_term(denoised_cond, perturbed, recipe.perturbations[index].scale)
+        guided = guided + term
+        if trace is not None:
+            pag = term if pag is None else pag + term
     before_threshold = guided
     if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":
@@ -165,8 +197,7 @@ def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denois
 
 def _record(trace: Trace, recipe: Recipe, step_plan: Plan, guided: torch.Tensor, denoised_cond: torch.Tensor,
             denoised_uncond: torch.Tensor, before_threshold: torch.Tensor, pag: torch.Tensor | None) -> None:
-    branches = (1 + step_plan.with_uncond + len(recipe.negatives) * step_plan.with_negatives
-                + step_plan.with_perturbed)
+    branches = 1 + step_plan.with_uncond + len(step_plan.negatives) + len(step_plan.perturbed)
     thresholded = recipe.threshold is not None and step_plan.with_uncond
     record(trace, step_plan.step, step_plan.scale, step_plan.guided, branches, guided, denoised_cond,
            denoised_cond - denoised_uncond if step_plan.with_uncond else None,

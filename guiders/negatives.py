@@ -30,9 +30,10 @@ def negative_direction(denoised_negative: torch.Tensor, denoised_uncond: torch.T
     away = denoised_negative - denoised_uncond
     if mode == "subtract":
         return away
-    toward = (denoised_cond - denoised_uncond).flatten(1)
-    flat = away.flatten(1)
+    # Reduced in float32: half-precision sums over a large latent overflow to inf (and inf/inf to NaN).
+    toward = (denoised_cond - denoised_uncond).flatten(1).float()
+    flat = away.flatten(1).float()
     norm2 = (toward * toward).sum(dim=1, keepdim=True)
     coefficient = torch.where(norm2 > 0, (flat * toward).sum(dim=1, keepdim=True) / norm2.clamp(min=1e-30),
                               torch.zeros_like(norm2))
-    return (flat - coefficient * toward).view_as(away)
+    return (flat - coefficient * toward).to(away.dtype).view_as(away)

@@ -2,7 +2,9 @@
 https://arxiv.org/abs/2404.13040 (monotonically increasing schedules, low guidance at high noise, help).
 
 Progress is `p = i / (N − 1)` on the run's own schedule of N steps, so the first step has p = 0, the last p = 1,
-whatever the denoise, shift or scheduler.
+whatever the denoise, shift or scheduler. A run of one step has no progress to vary over: its step is at once the
+first and the last, so every curve gives the sampler's cfg there (f = 1; `custom`: its first value), the same for
+`*_up` and `*_down` curves.
 
 The half-cosine, repeating and sawtooth curves are those of mcmonkey's "Dynamic Thresholding" (MIT), defined on the
 same progress: half_cosine_down cos(p) (radians, so it ends at cos 1 ≈ 0.54, not 0), half_cosine_up 1 − cos(p),
@@ -68,16 +70,20 @@ def mcmonkey_weight(curve: str, p: float, cycles: float) -> float:
     return phase  # sawtooth
 
 
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # plain decimals: no "1_000", "inf", "nan"
+
+
 def parse_custom(text: str) -> tuple[float, ...]:
     """Per-step scales from text such as "12, 10, 8, 5" (commas and/or whitespace between values)."""
     values = []
     for position, token in enumerate((t for t in re.split(r"[\s,;]+", text.strip()) if t), start=1):
-        try:
-            value = float(token)
-        except ValueError:
-            raise ValueError(f"value {position} ({token!r}) is not a number") from None
+        if NUMBER.fullmatch(token) is None:
+            raise ValueError(f"value {position} ({token!r}) is not a decimal number such as 7.5 or 1e1")
+        value = float(token)
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"value {position} ({token!r}) must be a finite scale ≥ 0")
+        if value == 0 and any(digit in "123456789" for digit in token.lower().partition("e")[0]):
+            raise ValueError(f"value {position} ({token!r}) is too small to be represented (it would be 0)")
         values.append(value)
     if not values:
         raise ValueError("no scales given; write one scale per step, e.g. \"12, 10, 8, 5\"")
@@ -98,7 +104,13 @@ class ScaleSchedule:
     def scale(self, cfg: float, step: int, steps: int) -> float:
         if self.curve == "custom":
             return self.custom[min(step, len(self.custom) - 1)]
+        if steps == 1:
+            return cfg  # the only step is first and last at once: see the module docstring
         f = curve_weight(self.curve, progress(step, steps), self.switch_at, self.exponent,
                          self.cycles)
         # Written as a blend so that f = 1 gives cfg and f = 0 gives cfg_min exactly (the endpoints are exact).
         return cfg * f + self.cfg_min * (1.0 - f)
+
+    def unused_values(self, steps: int) -> int:
+        """How many `custom` values lie beyond a run of `steps` steps (they are never applied)."""
+        return max(len(self.custom) - steps, 0) if self.curve == "custom" else 0

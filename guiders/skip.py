@@ -6,6 +6,9 @@ report (0.28, 5.42]. `percent` is the same idea on sampling progress.
 
 Adaptive guidance — Castillo et al., "Adaptive Guidance: Training-free Acceleration of Conditional Diffusion Models",
 https://arxiv.org/abs/2312.12487: once cos(ε_c, ε_u) ≥ γ̄ (0.99–0.996) the rest of the run is conditional only.
+The cosine is always taken between the two *noise* predictions the method was calibrated on, on any noising path
+`x = α·x0 + σ·n`: n = (x − α·D)/σ, so α = 1 on EPS/V models (n ∝ x − D) and α = 1 − σ on flow models, where
+x − D would be proportional to the velocity instead.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ class CFGSkip:
         return True
 
 
-def noise_cosine(x: torch.Tensor, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor) -> torch.Tensor:
-    """Per-sample cosine between the cond and uncond noise directions, `x − D_c` and `x − D_u` (σ cancels)."""
-    eps_c = (x - denoised_cond).flatten(1).float()
-    eps_u = (x - denoised_uncond).flatten(1).float()
+def noise_cosine(x: torch.Tensor, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
+                 alpha: float = 1.0) -> torch.Tensor:
+    """Per-sample cosine between the cond and uncond noise predictions `(x − α·D_c)/σ` and `(x − α·D_u)/σ` (σ
+    cancels); `alpha` is the path's signal scale at this σ (1 for EPS/V, 1 − σ for flow)."""
+    eps_c = (x - alpha * denoised_cond).flatten(1).float()
+    eps_u = (x - alpha * denoised_uncond).flatten(1).float()
     return torch.nn.functional.cosine_similarity(eps_c, eps_u, dim=1, eps=1e-12)

@@ -56,21 +56,29 @@ class DynamicThreshold:
 
 
 def settings_problem(mode: str, threshold_percentile: float, startpoint: str, variability: str) -> str | None:
-    """Why these settings cannot run (input name first), or None."""
+    """Why these settings cannot run ("input '…' …"), or None."""
     if threshold_percentile != AUTO_PERCENTILE and not 0.0 <= threshold_percentile <= 1.0:
-        return (f"threshold_percentile {threshold_percentile} is outside 0.0–1.0 (or -1 for the mode's default: "
-                "1.0 latent, 0.995 imagen)")
+        return (f"input 'threshold_percentile' ({threshold_percentile}) is outside 0.0–1.0 (or -1 for the mode's "
+                "default: 1.0 latent, 0.995 imagen)")
     if mode == "latent" and startpoint == "ZERO" and variability == "AD" \
             and threshold_percentile != AUTO_PERCENTILE and threshold_percentile < ZERO_MIN_PERCENTILE:
-        return (f"threshold_percentile {threshold_percentile} is below {ZERO_MIN_PERCENTILE} with startpoint ZERO "
-                "and variability AD, where it scales by a ratio of p-quantiles that below the median measures "
-                f"rounding noise; use {ZERO_MIN_PERCENTILE}–1.0, or startpoint MEAN (any 0.0–1.0 clamps there)")
+        return (f"input 'threshold_percentile' ({threshold_percentile}) is below {ZERO_MIN_PERCENTILE} with "
+                "startpoint ZERO and variability AD, where it scales by a ratio of p-quantiles that below the median "
+                f"measures rounding noise; use {ZERO_MIN_PERCENTILE}–1.0, or startpoint MEAN (any 0.0–1.0 clamps "
+                "there)")
     return None
 
 
 def _nonzero(denominator: torch.Tensor) -> torch.Tensor:
     """The denominator with zeros replaced by 1 (those channels are flat and get replaced afterwards)."""
     return torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def _std(centred: torch.Tensor) -> torch.Tensor:
+    """Sample standard deviation over the last dim; 0 (a flat channel) where it holds a single element."""
+    if centred.shape[2] < 2:
+        return torch.zeros_like(centred[..., :1])
+    return centred.std(dim=2, keepdim=True)
 
 
 FLAT = 1e-6  # a spread below this fraction of a channel's largest |value| is rounding residue, not spread
@@ -88,8 +96,8 @@ def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor, settings: Dynamic
     pooled = _per_channel if settings.separate_feature_channels else _per_image
     cfg_pool, mim_pool = pooled(cfg_centred), pooled(mim_centred)
     if settings.variability == "STD":
-        mim_ref = mim_pool.std(dim=2, keepdim=True)
-        cfg_ref = cfg_pool.std(dim=2, keepdim=True)
+        mim_ref = _std(mim_pool)
+        cfg_ref = _std(cfg_pool)
     else:
         p = settings.percentile
         mim_max = mim_pool.abs().amax(dim=2, keepdim=True)

@@ -24,6 +24,7 @@ from comfy_api.v0_0_2 import io
 from tqdm.auto import trange
 
 from ..guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dpmpp_2s_midpoint, dpmpp_2s_stage
+from .checks import check_inputs
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -203,5 +204,6 @@ class SteerCFGPPSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, sampler_name: str, eta: float, s_noise: float) -> io.NodeOutput:
+        check_inputs(cls, {"sampler_name": sampler_name, "eta": eta, "s_noise": s_noise})
         options = {"eta": eta, "s_noise": s_noise} if sampler_name in ANCESTRAL else {}
         return io.NodeOutput(comfy.samplers.KSAMPLER(SAMPLERS[sampler_name], extra_options=options))

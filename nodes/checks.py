@@ -1,9 +1,69 @@
-"""Input checks shared by nodes: errors that name the node, the input and what is accepted."""
+"""Input checks shared by nodes: errors that name the node as the user sees it, the input and what is accepted.
+
+Every check that does not need the model runs twice: in `validate_inputs`, so a bad prompt is refused when it is
+queued, and again in `execute`, where values that came through a link arrive (ComfyUI 0.3.75 hands `validate_inputs`
+None for a linked input, and checks nothing of a linked value). ComfyUI skips its own range and option checks for
+the inputs a `validate_inputs` names, so `check_inputs` does them from the schema (NaN included, which ComfyUI's own
+range check lets through); nodes without checks between inputs leave validation to ComfyUI and check in execute.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
 
-def check_percent_window(node: str, start_percent: float, end_percent: float) -> None:
-    if start_percent > end_percent:
-        raise ValueError(f"{node}: start_percent ({start_percent}) must not exceed end_percent ({end_percent}); "
-                         "both lie in 0.0–1.0")
+from comfy_api.v0_0_2 import io
+
+Values = dict[str, Any]
+CrossCheck = Callable[[Values], None]  # raises ValueError("input 'x' ...") on values that do not fit together
+
+
+def node_label(node: type[io.ComfyNode]) -> str:
+    """The node as the user sees it, with its id: "Steer CFG Skip (SteerCFGSkip)"."""
+    schema = node.define_schema()
+    return f"{schema.display_name} ({schema.node_id})"
+
+
+def _check_widget(spec: io.Input, value: Any) -> None:
+    if isinstance(spec, (io.Float.Input, io.Int.Input)):
+        accepted = f"accepted range {spec.min}–{spec.max}"
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError(f"input '{spec.id}' is NaN; {accepted}")
+        if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+            raise ValueError(f"input '{spec.id}' ({value}) is out of range; {accepted}")
+    elif isinstance(spec, io.Combo.Input) and value not in spec.options:
+        raise ValueError(f"input '{spec.id}' ({value!r}) is not one of {', '.join(map(str, spec.options))}")
+
+
+def check_inputs(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None = None) -> None:
+    """Check `values` against the node's schema and `cross` (checks between inputs); None stands for a linked input
+    whose value is not known yet and is skipped (`cross` must skip it too). Raises ValueError naming the node."""
+    try:
+        for spec in node.define_schema().inputs:
+            if values.get(spec.id) is not None:
+                _check_widget(spec, values[spec.id])
+        if cross is not None:
+            cross(values)
+    except ValueError as error:
+        raise ValueError(f"{node_label(node)}: {error}") from None
+
+
+def validation(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None = None) -> bool | str:
+    """`check_inputs` as ComfyUI's validate_inputs wants it: True, or the message that refuses the prompt."""
+    try:
+        check_inputs(node, values, cross)
+    except ValueError as error:
+        return str(error)
+    return True
+
+
+def known(values: Values, *names: str) -> bool:
+    """Whether every one of `names` has a value already (not linked, or arrived)."""
+    return all(values.get(name) is not None for name in names)
+
+
+def percent_window(values: Values) -> None:
+    if known(values, "start_percent", "end_percent") and values["start_percent"] > values["end_percent"]:
+        raise ValueError(f"input 'start_percent' ({values['start_percent']}) must not exceed end_percent "
+                         f"({values['end_percent']}); both lie in 0.0–1.0")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
+from .checks import check_inputs
 from .hooks import with_steer
 
 
@@ -35,6 +36,7 @@ class SteerGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg: float) -> io.NodeOutput:
+        check_inputs(cls, {"cfg": cfg})
         guider = comfy.samplers.CFGGuider(with_steer(model))
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

@@ -3,8 +3,9 @@
 Patch nodes put a `Recipe` into the model's options and install the wrappers once; both doors (KSampler's core
 CFGGuider and SteerGuider) then run the same code. Wrappers chain (ComfyUI's WrappersMP), so nothing of ComfyUI or
 of other packs is replaced:
-  - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond, and hands
-    a traced model's recorder the latent the run returned (SteerTrace);
+  - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond (their hook
+    groups registered as ComfyUI registers the others'; without a ControlNet of their own, the main negative's),
+    and hands a traced model's recorder the latent the run returned (SteerTrace);
   - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches, trace) in this run's own model_options;
   - PREDICT_NOISE: runs each evaluation through `predict`, keeping every wrapper registered inside ours.
 """
@@ -14,13 +15,17 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+import comfy.hooks
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
-from comfy.sampler_helpers import convert_cond
+from comfy.sampler_helpers import convert_cond, get_hooks_from_cond
 
 from ..guiders.engine import Recipe, new_run
+from ..guiders.schedule import ScaleSchedule
+from ..guiders.skip import CFGSkip
 from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
+from ..guiders.threshold import DynamicThreshold
 from .cfg_pp import sample_dpmpp_2s_ancestral_cfg_pp
 from .predict import predict
 
@@ -46,11 +51,26 @@ def negative_key(index: int) -> str:
     return f"steer_negative_{index}"
 
 
+# Components that can hold only once per model, by the node that makes them (for the replacement warning).
+SINGLE_NODES = {ScaleSchedule: "Steer Scale Schedule (SteerScaleSchedule)",
+                DynamicThreshold: "Steer Dynamic Threshold (SteerDynamicThreshold)",
+                CFGSkip: "Steer CFG Skip (SteerCFGSkip)"}
+
+
 def with_steer(model, component=None):
-    """A clone of `model` (a ModelPatcher) with Steer's wrappers installed and `component` added to its recipe."""
+    """A clone of `model` (a ModelPatcher) with Steer's wrappers installed and `component` added to its recipe.
+
+    Extra negatives and PAG patches accumulate; a schedule, threshold or CFG-skip replaces the one already on the
+    model, and the log says which node won.
+    """
     patched = model.clone()
     if component is not None:
-        patched.model_options[RECIPE] = recipe_of(patched.model_options).adding(component)
+        recipe = recipe_of(patched.model_options)
+        earlier = recipe.replaced(component)
+        if earlier is not None and earlier != component:
+            logging.warning("Steer: the model already has a %s; the later one, nearer the sampler, wins: %s replaces "
+                            "%s. Only one can hold per model.", SINGLE_NODES[type(component)], component, earlier)
+        patched.model_options[RECIPE] = recipe.adding(component)
     if not patched.get_wrappers(WrappersMP.PREDICT_NOISE, KEY):
         patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _outer_sample)
         patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, _sampler_sample)
@@ -70,10 +90,14 @@ def without_steer(model):
 
 def _outer_sample(executor, *args, **kwargs):
     guider = executor.class_obj
-    for index, negative in enumerate(recipe_of(guider.model_options).negatives):
-        # prompt_type "negative": models that encode negatives differently (SDXL refiner's aesthetic score) do so here.
-        conds = convert_cond(negative.conditioning)
-        guider.conds[negative_key(index)] = [{"prompt_type": "negative"} | cond for cond in conds]
+    # prompt_type "negative": models that encode negatives differently (SDXL refiner's aesthetic score) do so here.
+    negatives = {negative_key(index): [{"prompt_type": "negative"} | c for c in convert_cond(negative.conditioning)]
+                 for index, negative in enumerate(recipe_of(guider.model_options).negatives)}
+    if negatives:
+        _take_main_control(negatives, guider.conds.get("negative") or [])
+        comfy.samplers.preprocess_conds_hooks(negatives)
+        guider.conds.update(negatives)
+        _register_hooks(guider, negatives)
     recorder = guider.model_options.get(TRACE)
     if recorder is None:
         return executor(*args, **kwargs)
@@ -83,12 +107,54 @@ def _outer_sample(executor, *args, **kwargs):
     return output
 
 
+def _take_main_control(negatives: dict[str, list[dict]], main_negative: list[dict]) -> None:
+    """An extra negative without a ControlNet of its own takes the main negative's (ControlNetApplyAdvanced attaches
+    one to the positive and the main negative only): `D_n − D_u` then compares like with like, instead of carrying
+    the negated control, which subtracting would amplify by the negative's weight."""
+    control = next((cond["control"] for cond in main_negative if "control" in cond), None)
+    if control is None:
+        return
+    for conds in negatives.values():
+        if not any("control" in cond for cond in conds):
+            for cond in conds:
+                cond["control"] = control
+
+
+def _register_hooks(guider, negatives: dict[str, list[dict]]) -> None:
+    """Register the hook groups (LoRA hooks …) the extra negatives carry, as CFGGuider.sample does for its own conds
+    before OUTER_SAMPLE (comfy.sampler_helpers.prepare_model_patcher, whose wrapper merge must not run twice), then
+    keep on the conds only what is registered, as ComfyUI does."""
+    hooks = comfy.hooks.HookGroup()
+    for conds in negatives.values():
+        get_hooks_from_cond(conds, hooks)
+    options = guider.model_options
+    registered = options.get("registered_hooks") or comfy.hooks.HookGroup()
+    if len(hooks) and not hooks.is_subset_of(registered):
+        model, target = guider.model_patcher, comfy.hooks.create_target_dict(comfy.hooks.EnumWeightTarget.Model)
+        every = comfy.hooks.HookGroup()
+        for hook in (*registered.hooks, *hooks.hooks):
+            every.add(hook)
+        for kind in (comfy.hooks.EnumHookType.TransformerOptions, comfy.hooks.EnumHookType.AdditionalModels):
+            for hook in hooks.get_type(kind):
+                if not registered.contains(hook):
+                    hook.add_hook_patches(model, options, target, registered)
+        model.register_all_hook_patches(every, target, options, registered)
+        options["registered_hooks"] = registered
+    comfy.samplers.filter_registered_hooks_on_conds(negatives, options)
+
+
 def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
     schedule = sigmas.tolist()
     pattern = STAGE_PATTERNS.get(getattr(executor.class_obj, "sampler_function", None))
     recorder = extra_args["model_options"].get(TRACE)
     trace = recorder.start(len(schedule) - 1) if recorder is not None else None
-    extra_args["model_options"][RUN] = new_run(schedule, pattern and evaluations_per_step(pattern, schedule), trace)
+    run = new_run(schedule, pattern and evaluations_per_step(pattern, schedule), trace)
+    extra_args["model_options"][RUN] = run
+    scale_schedule = recipe_of(extra_args["model_options"]).schedule
+    unused = scale_schedule.unused_values(run.tracker.steps) if scale_schedule else 0
+    if unused:
+        logging.warning("Steer Scale Schedule: the custom schedule has %d values but this run has %d steps; the last "
+                        "%d are not used.", len(scale_schedule.custom), run.tracker.steps, unused)
     return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 

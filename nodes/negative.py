@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.negatives import MODES, ExtraNegative
+from .checks import check_inputs
 from .hooks import with_steer
 
 
@@ -32,4 +33,5 @@ class SteerNegative(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, negative, scale: float, mode: str) -> io.NodeOutput:
+        check_inputs(cls, {"scale": scale, "mode": mode})
         return io.NodeOutput(with_steer(model, ExtraNegative(negative, scale, mode)))

@@ -8,10 +8,23 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy_api.v0_0_2 import io
 
 from ..guiders.pag import Block, PerturbedAttention, format_block, parse_blocks
-from .checks import check_percent_window
+from .checks import Values, check_inputs, node_label, percent_window, validation
 from .hooks import with_steer
 
 NODE = "SteerPAG"
+
+
+def _cross(values: Values) -> None:
+    percent_window(values)
+    if values.get("blocks") is not None:
+        _parsed(values["blocks"])
+
+
+def _parsed(blocks: str) -> tuple[Block, ...]:
+    try:
+        return parse_blocks(blocks)
+    except ValueError as error:
+        raise ValueError(f"input 'blocks': {error}") from None
 
 
 def available_blocks(model) -> dict[tuple[str, int], int]:
@@ -20,7 +33,7 @@ def available_blocks(model) -> dict[tuple[str, int], int]:
     if isinstance(diffusion_model, MMDiT):
         return {("joint", number): 1 for number in range(len(diffusion_model.joint_blocks))}
     if not isinstance(diffusion_model, UNetModel):
-        raise ValueError(f"{NODE}: this model's diffusion model is {type(diffusion_model).__name__}; Steer's PAG "
+        raise ValueError(f"this model's diffusion model is {type(diffusion_model).__name__}; Steer's PAG "
                          "works on UNets (SD1.5, SDXL and relatives) and MMDiT (SD3). Refusing instead of silently "
                          "doing nothing.")
     found: dict[tuple[str, int], int] = {}
@@ -33,15 +46,21 @@ def available_blocks(model) -> dict[tuple[str, int], int]:
     return found
 
 
-def check_blocks(model, blocks: tuple[Block, ...]) -> None:
-    """Refuse blocks the loaded model does not have, naming those it does."""
+def model_blocks(model, blocks: tuple[Block, ...]) -> tuple[Block, ...]:
+    """`blocks` on the loaded model, a UNet block named without a transformer index expanded to each of its
+    transformers (so the patch holds whatever attention keys other nodes set); refuses blocks the model does not
+    have, naming those it does."""
     found = available_blocks(model)
     missing = [b for b in blocks if (b[0], b[1]) not in found or (b[2] is not None and b[2] >= found[(b[0], b[1])])]
     if missing:
         have = ", ".join(f"{kind}.{number}" + (f".0–{count - 1}" if count > 1 else "")
                          for (kind, number), count in found.items())
-        raise ValueError(f"{NODE} input 'blocks': {', '.join(map(format_block, missing))} not in this model; it has "
+        raise ValueError(f"input 'blocks': {', '.join(map(format_block, missing))} not in this model; it has "
                          f"self-attention in {have}")
+    expanded = [(kind, number, index) for kind, number, transformer in blocks
+                for index in ([transformer] if transformer is not None or kind == "joint"
+                              else range(found[(kind, number)]))]
+    return tuple(dict.fromkeys(expanded))
 
 
 class SteerPAG(io.ComfyNode):
@@ -76,19 +95,16 @@ class SteerPAG(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, blocks: str) -> bool | str:
-        try:
-            parse_blocks(blocks)
-        except ValueError as error:
-            return f"{NODE} input 'blocks': {error}"
-        return True
+    def validate_inputs(cls, blocks: str | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        return validation(cls, {"blocks": blocks, "start_percent": start_percent, "end_percent": end_percent}, _cross)
 
     @classmethod
     def execute(cls, model, scale: float, blocks: str, start_percent: float, end_percent: float) -> io.NodeOutput:
-        check_percent_window(NODE, start_percent, end_percent)
+        check_inputs(cls, {"scale": scale, "blocks": blocks, "start_percent": start_percent,
+                           "end_percent": end_percent}, _cross)
         try:
-            parsed = parse_blocks(blocks)
+            parsed = model_blocks(model, _parsed(blocks))
         except ValueError as error:
-            raise ValueError(f"{NODE} input 'blocks': {error}") from None
-        check_blocks(model, parsed)
+            raise ValueError(f"{node_label(cls)}: {error}") from None
         return io.NodeOutput(with_steer(model, PerturbedAttention(scale, parsed, start_percent, end_percent)))

@@ -12,10 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from comfy.model_sampling import CONST
 from comfy.samplers import calc_cond_batch
 
 from ..guiders import engine
 from .attention import with_perturbed_attention
+
+
+def signal_scale(model_patcher, x: torch.Tensor, sigma: torch.Tensor) -> float | torch.Tensor:
+    """α of the model's noising path `x = α·x0 + σ·n` for each sample of `x`: 1 − σ on flow (CONST) models, else 1."""
+    if isinstance(model_patcher.get_model_object("model_sampling"), CONST):
+        return (1.0 - sigma.to(x.dtype)).reshape(-1, *([1] * (x.ndim - 1)))
+    return 1.0
 
 
 def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: Callable[[int], str],
@@ -28,23 +36,24 @@ def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: C
                        has_uncond=negative is not None)
     uncond = negative if step.with_uncond else None
     conds = [positive, uncond]
-    branches = conds + ([guider.conds[negative_key(i)] for i in range(len(recipe.negatives))]
-                        if step.with_negatives else [])
+    branches = conds + [guider.conds[negative_key(i)] for i in step.negatives]
     call_options = model_options
     if step.with_perturbed:
-        # The perturbed cond is one more entry of the same batched call; the attention patch finds its rows by index.
-        call_options = with_perturbed_attention(model_options, recipe.pag.blocks, perturbed_index=len(branches))
-        branches.append(positive)
+        # Each PAG patch's perturbed cond is one more entry of the same batched call; the attention patch finds its
+        # rows by entry index.
+        first = len(branches)
+        perturbations = [(recipe.perturbations[i].blocks, first + n) for n, i in enumerate(step.perturbed)]
+        call_options = with_perturbed_attention(model_options, perturbations)
+        branches += [positive] * len(step.perturbed)
 
     if "sampler_calc_cond_batch_function" in model_options:
         args = {"conds": branches, "input": x, "sigma": sigma, "model": model, "model_options": call_options}
         out = list(model_options["sampler_calc_cond_batch_function"](args))
     else:
         out = calc_cond_batch(model, branches, x, sigma, call_options)
-    denoised_perturbed = out.pop() if step.with_perturbed else None
-    out, denoised_negatives = out[:2], out[2:]
+    out, denoised_negatives, denoised_perturbed = out[:2], out[2:2 + len(step.negatives)], out[2 + len(step.negatives):]
     if step.with_uncond:
-        engine.observe(recipe, run, step, x, out[0], out[1])
+        engine.observe(recipe, run, step, x, out[0], out[1], signal_scale(guider.model_patcher, x, sigma))
     out[1] = engine.where_guided(step, out[1], out[0])  # the cond stands in for the uncond where it is skipped
 
     for fn in model_options.get("sampler_pre_cfg_function", []):

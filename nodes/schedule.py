@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.schedule import CURVES, ScaleSchedule, parse_custom
+from .checks import Values, check_inputs, validation
 from .hooks import with_steer
 
 NODE = "SteerScaleSchedule"
@@ -14,8 +15,16 @@ def _custom_scales(custom: str) -> tuple[float, ...]:
     try:
         return parse_custom(custom)
     except ValueError as error:
-        raise ValueError(f"{NODE} input 'custom': {error}; "
-                         "expected per-step scales ≥ 0 such as \"12, 10, 8, 5\"") from None
+        raise ValueError(f"input 'custom': {error}; expected per-step scales ≥ 0 such as \"12, 10, 8, 5\"") from None
+
+
+def _cross(values: Values) -> None:
+    custom, curve = values.get("custom"), values.get("curve")
+    if custom is not None and custom.strip():
+        _custom_scales(custom)
+    if curve == "custom" and custom is not None and not custom.strip():
+        raise ValueError("input 'custom': curve is 'custom' but no scales are given; write one scale per step, "
+                         "e.g. \"12, 10, 8, 5\"")
 
 
 class SteerScaleSchedule(io.ComfyNode):
@@ -45,7 +54,8 @@ class SteerScaleSchedule(io.ComfyNode):
                                tooltip="power_down / power_up: the exponent e of p^e."),
                 io.String.Input("custom", default="", multiline=False,
                                 tooltip="custom: absolute scales per step, e.g. \"12, 10, 8, 5\"; with fewer values "
-                                        "than steps the last one holds."),
+                                        "than steps the last one holds, values beyond the run's steps are unused "
+                                        "(the log says so)."),
                 io.Float.Input("cycles", default=1.0, min=0.0, max=100.0, step=0.01, optional=True,
                                tooltip="linear_repeating / cosine_repeating / sawtooth: periods over the run "
                                        "(mcmonkey's sched_val)."),
@@ -54,20 +64,14 @@ class SteerScaleSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, custom: str) -> bool | str:
-        if custom.strip():
-            try:
-                _custom_scales(custom)
-            except ValueError as error:
-                return str(error)
-        return True
+    def validate_inputs(cls, curve: str | None = None, custom: str | None = None) -> bool | str:
+        return validation(cls, {"curve": curve, "custom": custom}, _cross)
 
     @classmethod
     def execute(cls, model, curve: str, cfg_min: float, switch_at: float, exponent: float,
                 custom: str, cycles: float = 1.0) -> io.NodeOutput:
-        if curve == "custom" and not custom.strip():
-            raise ValueError(f"{NODE} input 'custom': curve is 'custom' but no scales are given; "
-                             "write one scale per step, e.g. \"12, 10, 8, 5\"")
+        check_inputs(cls, {"curve": curve, "cfg_min": cfg_min, "switch_at": switch_at, "exponent": exponent,
+                           "custom": custom, "cycles": cycles}, _cross)
         scales = _custom_scales(custom) if curve == "custom" else ()
         schedule = ScaleSchedule(curve, cfg_min, switch_at, exponent, scales, cycles)
         return io.NodeOutput(with_steer(model, schedule))

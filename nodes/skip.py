@@ -5,10 +5,19 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..guiders.skip import MODES, CFGSkip
-from .checks import check_percent_window
+from .checks import Values, check_inputs, known, percent_window, validation
 from .hooks import with_steer
 
 NODE = "SteerCFGSkip"
+
+
+def _cross(values: Values) -> None:
+    mode = values.get("mode")
+    if mode == "percent":
+        percent_window(values)
+    if mode == "sigma" and known(values, "sigma_low", "sigma_high") and values["sigma_low"] >= values["sigma_high"]:
+        raise ValueError(f"input 'sigma_low' ({values['sigma_low']}) must be below sigma_high "
+                         f"({values['sigma_high']}); both lie in 0–1000")
 
 
 class SteerCFGSkip(io.ComfyNode):
@@ -45,12 +54,16 @@ class SteerCFGSkip(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, mode: str | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None, sigma_high: float | None = None,
+                        sigma_low: float | None = None) -> bool | str:
+        return validation(cls, {"mode": mode, "start_percent": start_percent, "end_percent": end_percent,
+                                "sigma_high": sigma_high, "sigma_low": sigma_low}, _cross)
+
+    @classmethod
     def execute(cls, model, mode: str, start_percent: float, end_percent: float, sigma_high: float, sigma_low: float,
                 threshold: float) -> io.NodeOutput:
-        if mode == "percent":
-            check_percent_window(NODE, start_percent, end_percent)
-        if mode == "sigma" and sigma_low >= sigma_high:
-            raise ValueError(f"{NODE}: sigma_low ({sigma_low}) must be below sigma_high ({sigma_high}); "
-                             "both lie in 0–1000")
+        check_inputs(cls, {"mode": mode, "start_percent": start_percent, "end_percent": end_percent,
+                           "sigma_high": sigma_high, "sigma_low": sigma_low, "threshold": threshold}, _cross)
         skip = CFGSkip(mode, start_percent, end_percent, sigma_high, sigma_low, threshold)
         return io.NodeOutput(with_steer(model, skip))

@@ -17,6 +17,7 @@ import comfy.utils
 from comfy_api.v0_0_2 import io
 
 from ..guiders.schedule import parse_custom
+from .checks import Values, check_inputs, validation
 from .drawing import labelled_grid, to_image, to_pil
 from .hooks import RECIPE, without_steer
 
@@ -28,17 +29,22 @@ def parse_scales(text: str) -> tuple[float, ...]:
     """The scales of "3, 5, 7.5" (commas and/or spaces); each 0–100, 1 to MAX_SCALES of them."""
     expected = f"expected 1–{MAX_SCALES} guidance scales 0–{MAX_SCALE:g} such as \"3, 5, 7, 9\""
     if not text.strip():
-        raise ValueError(f"{NODE} input 'scales': no scales given; {expected}")
+        raise ValueError(f"input 'scales': no scales given; {expected}")
     try:
         scales = parse_custom(text)
     except ValueError as error:
-        raise ValueError(f"{NODE} input 'scales': {error}; {expected}") from None
+        raise ValueError(f"input 'scales': {error}; {expected}") from None
     if len(scales) > MAX_SCALES:
-        raise ValueError(f"{NODE} input 'scales': {len(scales)} scales, one sampling each; {expected}")
+        raise ValueError(f"input 'scales': {len(scales)} scales, one sampling each; {expected}")
     for position, scale in enumerate(scales, start=1):
         if scale > MAX_SCALE:
-            raise ValueError(f"{NODE} input 'scales': value {position} ({scale:g}) is above {MAX_SCALE:g}; {expected}")
+            raise ValueError(f"input 'scales': value {position} ({scale:g}) is above {MAX_SCALE:g}; {expected}")
     return scales
+
+
+def _cross(values: Values) -> None:
+    if values.get("scales") is not None:  # a linked input is None until it arrives
+        parse_scales(values["scales"])
 
 
 class SteerSweep(io.ComfyNode):
@@ -78,16 +84,12 @@ class SteerSweep(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, scales: str | None = None) -> bool | str:
-        if scales is not None:  # a linked input arrives as None here and is checked in execute
-            try:
-                parse_scales(scales)
-            except ValueError as error:
-                return str(error)
-        return True
+        return validation(cls, {"scales": scales}, _cross)
 
     @classmethod
     def execute(cls, model, seed: int, steps: int, sampler_name: str, scheduler: str, positive, negative,
                 latent_image: dict, vae, denoise: float, scales: str, compare_without_steer: bool) -> io.NodeOutput:
+        check_inputs(cls, {"steps": steps, "denoise": denoise, "scales": scales}, _cross)
         values = parse_scales(scales)
         variants = [("Steer", model)]
         if compare_without_steer:

@@ -6,10 +6,19 @@ from comfy_api.v0_0_2 import io
 
 from ..guiders.schedule import CURVES, ScaleSchedule
 from ..guiders.threshold import AUTO_PERCENTILE, MODES, STARTPOINTS, VARIABILITIES, DynamicThreshold, settings_problem
+from .checks import Values, check_inputs, known, validation
 from .hooks import with_steer
 
 NODE = "SteerDynamicThreshold"
 MIMIC_CURVES = tuple(curve for curve in CURVES if curve not in ("step_down", "step_up", "custom"))
+
+
+def _cross(values: Values) -> None:
+    if known(values, "mode", "threshold_percentile", "startpoint", "variability"):
+        problem = settings_problem(values["mode"], values["threshold_percentile"], values["startpoint"],
+                                   values["variability"])
+        if problem:
+            raise ValueError(problem)
 
 
 def _mimic_schedule(curve: str, mimic_scale_min: float, curve_value: float) -> ScaleSchedule:
@@ -69,20 +78,17 @@ class SteerDynamicThreshold(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, mode: str | None = None, threshold_percentile: float | None = None,
                         startpoint: str | None = None, variability: str | None = None) -> bool | str:
-        """Checks what is known before the run; an input fed by a link arrives as None and is checked in execute."""
-        if None not in (mode, threshold_percentile, startpoint, variability):
-            problem = settings_problem(mode, threshold_percentile, startpoint, variability)
-            if problem:
-                return f"{NODE} input {problem}"
-        return True
+        return validation(cls, {"mode": mode, "threshold_percentile": threshold_percentile, "startpoint": startpoint,
+                                "variability": variability}, _cross)
 
     @classmethod
     def execute(cls, model, mode: str, mimic_scale: float, threshold_percentile: float, startpoint: str,
                 variability: str, interpolate_phi: float, mimic_curve: str = "constant", mimic_scale_min: float = 1.0,
                 mimic_curve_value: float = 1.0, separate_feature_channels: bool = True) -> io.NodeOutput:
-        problem = cls.validate_inputs(mode, threshold_percentile, startpoint, variability)
-        if problem is not True:
-            raise ValueError(problem)
+        check_inputs(cls, {"mode": mode, "mimic_scale": mimic_scale, "threshold_percentile": threshold_percentile,
+                           "startpoint": startpoint, "variability": variability, "interpolate_phi": interpolate_phi,
+                           "mimic_curve": mimic_curve, "mimic_scale_min": mimic_scale_min,
+                           "mimic_curve_value": mimic_curve_value}, _cross)
         settings = DynamicThreshold(mode, mimic_scale, threshold_percentile, startpoint, variability, interpolate_phi,
                                     _mimic_schedule(mimic_curve, mimic_scale_min, mimic_curve_value),
                                     separate_feature_channels)

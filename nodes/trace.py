@@ -15,6 +15,7 @@ from comfy_api.v0_0_2 import io
 from PIL import Image
 
 from ..guiders.trace import Recorder, Trace
+from .checks import node_label
 from .drawing import to_image, trace_chart
 from .hooks import TRACE, with_steer
 
@@ -83,7 +84,8 @@ class SteerTracePlot(io.ComfyNode):
     def execute(cls, trace: Recorder, samples: dict) -> io.NodeOutput:
         run = trace.find(samples["samples"])
         if run is None:
-            raise ValueError(f"{PLOT} input 'samples': no traced run returned this latent. Connect the LATENT of a "
-                             f"sampler whose model comes through {NODE} (KSampler's output, or SamplerCustomAdvanced's "
-                             "first output), unchanged; the last 16 runs of the model are kept.")
+            raise ValueError(f"{node_label(cls)}: input 'samples': no traced run returned this latent. Connect the "
+                             f"LATENT of a sampler whose model comes through {NODE} (KSampler's output, or "
+                             "SamplerCustomAdvanced's first output), unchanged; the last 16 runs of the model are "
+                             "kept.")
         return io.NodeOutput(to_image([chart(run, sample) for sample in range(run.output.shape[0])]))

@@ -39,6 +39,7 @@ CLIP_L = "text_encoders/steer_tiny_clip_l.safetensors"
 TAESD = "vae/steer_tiny_taesd.safetensors"
 SD3_MMDIT = "diffusion_models/steer_tiny_sd3.safetensors"
 TAESD3 = "vae/steer_tiny_taesd3.safetensors"
+SD15_CONTROLNET = "controlnet/steer_tiny_sd15_controlnet.safetensors"
 
 # Weight scales, measured so that two different prompts give clearly different x0 predictions (||D_c - D_u|| is
 # ~20% of ||D_c|| for SD1.5, 13-23% for SD3) while every output stays finite.
@@ -200,6 +201,21 @@ def sd3_mmdit_weights() -> dict[str, torch.Tensor]:
     return random_weights(mmdit, "sd3_mmdit", overrides=overrides)
 
 
+@cache
+def sd15_controlnet_weights() -> dict[str, torch.Tensor]:
+    """A ControlNet for the tiny SD1.5 UNet (ControlNetLoader detects it from the same shapes), RGB hint, fp32. Its
+    zero convolutions are random, not zero, so the control really changes the prediction."""
+    import comfy.cldm.cldm
+    import comfy.ops
+    import comfy.supported_models
+
+    config = dict(comfy.supported_models.SD15(SD15_UNET_CONFIG).unet_config)
+    config.pop("out_channels")
+    controlnet = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, device="meta",
+                                            operations=comfy.ops.disable_weight_init)
+    return random_weights(controlnet, "sd15_controlnet")
+
+
 def _sd15_checkpoint() -> dict[str, torch.Tensor]:
     """All-in-one checkpoint for CheckpointLoaderSimple. text_projection is left out: an SD1.5 checkpoint cannot
     carry it (process_clip_state_dict maps it to an unknown key) and SD1.5 never uses it."""
@@ -218,6 +234,7 @@ BUILDERS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
     TAESD: lambda: taesd_weights(4, 0.18215, 0.0),
     SD3_MMDIT: sd3_mmdit_weights,
     TAESD3: lambda: taesd_weights(16, 1.5305, 0.0609),
+    SD15_CONTROLNET: sd15_controlnet_weights,
 }
 
 

@@ -80,18 +80,19 @@ def test_one_grid_per_image_of_the_batch(steer_nodes, checkpoint):
 
 
 @pytest.mark.parametrize(("scales", "message"), [
-    ("", "SteerSweep input 'scales': no scales given"),
-    ("3, abc", "SteerSweep input 'scales': value 2 ('abc') is not a number"),
-    ("3, 250", "SteerSweep input 'scales': value 2 (250) is above 100"),
-    ("1 " * 17, "SteerSweep input 'scales': 17 scales, one sampling each; expected 1–16"),
-    ("-2", "SteerSweep input 'scales': value 1 ('-2')"),
+    ("", "Steer Sweep (SteerSweep): input 'scales': no scales given"),
+    ("3, abc", "Steer Sweep (SteerSweep): input 'scales': value 2 ('abc') is not a number"),
+    ("3, 250", "Steer Sweep (SteerSweep): input 'scales': value 2 (250) is above 100"),
+    ("1 " * 17, "Steer Sweep (SteerSweep): input 'scales': 17 scales, one sampling each; expected 1–16"),
+    ("-2", "Steer Sweep (SteerSweep): input 'scales': value 1 ('-2')"),
 ])
 def test_bad_scale_lists_are_refused_by_name(steer_nodes, checkpoint, scales, message):
     node = steer_nodes["SteerSweep"]
     assert message in node.validate_inputs(scales=scales)
     model, vae, positive, negative = checkpoint
-    with pytest.raises(ValueError, match=message.split(":")[0]):
+    with pytest.raises(ValueError) as refused:
         sweep(steer_nodes, model, vae, positive, negative, torch.zeros(1, 4, 8, 8), scales=scales)
+    assert message in str(refused.value)
 
 
 def test_a_linked_scale_list_is_checked_when_it_arrives(steer_nodes):

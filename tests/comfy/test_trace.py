@@ -78,7 +78,7 @@ def test_plot_draws_the_run_of_its_latent(inprocess_bed, node):
     assert recorder.find(weak).per_step(0)["scale"][0] == 3.0
     strong_plot = node("SteerTracePlot", recorder, {"samples": strong})[0]
     assert not torch.equal(strong_plot, node("SteerTracePlot", recorder, {"samples": weak})[0])
-    with pytest.raises(ValueError, match="SteerTracePlot input 'samples': no traced run returned this latent"):
+    with pytest.raises(ValueError, match=r"Steer Trace Plot \(SteerTracePlot\): input 'samples': no traced run"):
         node("SteerTracePlot", recorder, {"samples": strong + 1.0})
 
 

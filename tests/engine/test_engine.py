@@ -9,6 +9,7 @@ from reference import quantile
 from guiders import engine
 from guiders.engine import Plan, Recipe
 from guiders.negatives import ExtraNegative
+from guiders.pag import PerturbedAttention
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
 from guiders.steps import TWO_STAGE, evaluations_per_step
@@ -363,6 +364,39 @@ def test_recipe_slots_replace_and_negatives_accumulate():
     assert base == Recipe()  # adding returns a new recipe
 
 
+def test_pag_patches_accumulate_and_single_slots_say_what_they_replace():
+    p1, p2 = PerturbedAttention(3.0), PerturbedAttention(1.5, (("output", 1, 0),), 0.5, 1.0)
+    recipe = Recipe().adding(p1).adding(p2)
+    assert recipe.perturbations == (p1, p2)
+    assert recipe.replaced(PerturbedAttention()) is None and recipe.replaced(ExtraNegative("a")) is None
+    first = ScaleSchedule(curve="linear_up")
+    assert recipe.replaced(first) is None
+    assert recipe.adding(first).replaced(ScaleSchedule(curve="custom", custom=(2.0,))) is first
+
+
+def test_a_zero_weight_costs_no_rows():
+    zero, half = ExtraNegative("a", 0.0), ExtraNegative("b", 0.5)
+    # Only zero-weight negatives at scale 1: no uncond at all.
+    step = engine.plan(Recipe(negatives=(zero,)), engine.new_run(SCHEDULE), 1.0, SCHEDULE[0], 2)
+    assert step.with_uncond is False and step.negatives == ()
+    step = engine.plan(Recipe(negatives=(zero, half, zero)), engine.new_run(SCHEDULE), 5.0, SCHEDULE[0], 2)
+    assert step.negatives == (1,)
+    step = engine.plan(Recipe(perturbations=(PerturbedAttention(0.0), PerturbedAttention(2.0))),
+                       engine.new_run(SCHEDULE), 1.0, SCHEDULE[0], 2)
+    assert step.with_uncond is False and step.perturbed == (1,)
+
+
+def test_combine_applies_each_computed_negative_and_pag_term_by_index():
+    d_c, d_u, d_n, p1, p2 = tensors(77, count=5)
+    recipe = Recipe(negatives=(ExtraNegative("zero", 0.0), ExtraNegative("n", 0.4)),
+                    perturbations=(PerturbedAttention(2.0), PerturbedAttention(0.0), PerturbedAttention(0.5)))
+    step = engine.plan(recipe, engine.new_run(SCHEDULE), 6.0, SCHEDULE[0], 3)
+    assert step.negatives == (1,) and step.perturbed == (0, 2)
+    out = engine.combine(recipe, step, d_c, d_u, [d_n], [p1, p2])
+    expected = d_u + (d_c - d_u) * 6.0 - 0.4 * (d_n - d_u) + (d_c - p1) * 2.0 + (d_c - p2) * 0.5
+    torch.testing.assert_close(out, expected)
+
+
 def test_recipe_order_of_adding_does_not_matter():
     components = [ScaleSchedule(curve="power_up", exponent=3.0), DynamicThreshold(variability="STD"),
                   CFGSkip(mode="percent", start_percent=0.2), ExtraNegative("a")]
@@ -386,6 +420,16 @@ def test_recipe_order_with_two_negatives_differs_only_in_their_order():
         results.append(recipe)
     assert all(r.schedule is schedule and set(map(id, r.negatives)) == {id(n1), id(n2)} for r in results)
     assert {tuple(map(id, r.negatives)) for r in results} == {(id(n1), id(n2)), (id(n2), id(n1))}
+
+
+def test_adaptive_does_not_decide_on_pure_noise():
+    # On flow models α = 1 − σ is 0 at σ = 1: the noise prediction is x itself for every prompt.
+    recipe = Recipe(skip=CFGSkip(mode="adaptive", threshold=THRESHOLD))
+    run = engine.new_run(SCHEDULE)
+    p = engine.plan(recipe, run, 7.0, SCHEDULE[0], 2)
+    x, d_c, d_u = branch_outputs(204, [True, True])
+    engine.observe(recipe, run, p, x, d_c, d_u, torch.tensor([0.0, 1.0]).view(-1, 1, 1, 1))
+    assert engine.plan(recipe, run, 7.0, SCHEDULE[1], 2).guided.tolist() == [True, False]
 
 
 def test_thresholding_follows_its_mimic_schedule():

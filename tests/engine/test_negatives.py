@@ -112,3 +112,16 @@ def test_extra_negative_defaults_and_identity():
     a, b = ExtraNegative("cond"), ExtraNegative("cond")
     assert (a.scale, a.mode) == (1.0, "subtract")
     assert a != b  # compared by identity: conditionings are opaque, never compared by value
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_perpendicular_half_precision_on_a_large_latent_is_finite(dtype):
+    # 4·128·128 elements of magnitude ~3: a half-precision sum of squares overflows (fp16 max 65504).
+    g = torch.Generator().manual_seed(21)
+    d_u = 3 * torch.randn(2, 4, 128, 128, generator=g)
+    d_c = d_u + 3 * torch.randn(2, 4, 128, 128, generator=g)
+    d_n = d_u + 3 * torch.randn(2, 4, 128, 128, generator=g)
+    half = negative_direction(d_n.to(dtype), d_u.to(dtype), d_c.to(dtype), "perpendicular")
+    assert half.dtype == dtype and torch.isfinite(half).all()
+    expected = reference_perpendicular(d_n.to(dtype).float(), d_u.to(dtype).float(), d_c.to(dtype).float())
+    torch.testing.assert_close(half.double(), expected, rtol=2e-2, atol=2e-2)

@@ -128,3 +128,27 @@ def test_parse_custom_rejects_empty_text(text):
 def test_unknown_curve_is_an_error():
     with pytest.raises(ValueError, match="linear_dwn"):
         ScaleSchedule(curve="linear_dwn").scale(7.0, 0, 10)
+
+
+@pytest.mark.parametrize(("text", "position"), [("1_000", 1), ("7, 1e-400", 2), ("5, inf", 2), ("nan", 1),
+                                                ("0x10", 1), ("4, ５", 2), ("3, 1e999", 2)])
+def test_parse_custom_refuses_what_python_float_accepts_but_is_no_scale(text, position):
+    with pytest.raises(ValueError, match=f"value {position} "):
+        parse_custom(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1e1, .5, 2., +3", (10.0, 0.5, 2.0, 3.0)), ("0, 0.0e5", (0.0, 0.0))])
+def test_parse_custom_accepts_plain_decimals(text, expected):
+    assert parse_custom(text) == expected
+
+
+@pytest.mark.parametrize("curve", sorted(SPEC_F))
+def test_a_one_step_run_gets_the_cfg_whatever_the_curve(curve):
+    schedule = ScaleSchedule(curve=curve, cfg_min=1.5, switch_at=SWITCH, exponent=EXPONENT)
+    assert schedule.scale(7.0, 0, 1) == 7.0
+
+
+def test_unused_custom_values_are_counted():
+    schedule = ScaleSchedule(curve="custom", custom=(9.0, 6.0, 3.0, 2.0))
+    assert [schedule.unused_values(steps) for steps in (1, 3, 4, 8)] == [3, 1, 0, 0]
+    assert ScaleSchedule(curve="linear_down", custom=(9.0, 6.0)).unused_values(1) == 0

@@ -97,3 +97,14 @@ def test_noise_cosine_half_precision_is_finite():
     got = noise_cosine(x, d_c, d_u)
     assert torch.isfinite(got).all()
     assert got.tolist() == pytest.approx(reference_cosine(x, d_c, d_u), abs=1e-3)
+
+
+def test_noise_cosine_on_flow_compares_the_noise_predictions():
+    # Flow path x = (1 − σ)x0 + σn: the noise prediction is (x − (1 − σ)·D)/σ, not ∝ x − D (that is the velocity).
+    g = torch.Generator().manual_seed(41)
+    sigma = torch.tensor([0.3, 0.8]).view(-1, 1, 1, 1)
+    x, d_c, d_u = (torch.randn(2, 16, 8, 8, generator=g) for _ in range(3))
+    n_c, n_u = ((x - (1 - sigma) * d) / sigma for d in (d_c, d_u))
+    expected = torch.nn.functional.cosine_similarity(n_c.flatten(1).double(), n_u.flatten(1).double(), dim=1)
+    torch.testing.assert_close(noise_cosine(x, d_c, d_u, 1 - sigma).double(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(noise_cosine(x, d_c, d_u).double(), expected, atol=1e-2)

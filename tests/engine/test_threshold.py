@@ -261,6 +261,15 @@ def test_imagen_half_precision():
     torch.testing.assert_close(out.float(), reference_imagen(x0.float(), 0.995).float(), rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("startpoint", ["MEAN", "ZERO"])
+def test_std_on_one_element_channels_is_left_alone(startpoint):
+    # A channel of one element has no spread (its sample std is undefined): it stays as it is, never NaN.
+    g = torch.Generator().manual_seed(31)
+    guided, mimic = torch.randn(2, 4, 1, 1, generator=g) * 5, torch.randn(2, 4, 1, 1, generator=g)
+    out = mimic_threshold(guided, mimic, DynamicThreshold(startpoint=startpoint, variability="STD"))
+    assert torch.equal(out, guided)
+
+
 # --- small percentiles, the per-mode default (issue 7 items 6 and 11) -------------------------------------------------
 
 @pytest.mark.parametrize("percentile", [0.0, 1e-4, 0.01, 0.3])
@@ -297,10 +306,10 @@ def test_zero_start_maps_a_scaled_copy_onto_the_mimic_at_every_allowed_percentil
 
 
 @pytest.mark.parametrize(("settings", "problem"), [
-    (("latent", 0.49, "ZERO", "AD"), "threshold_percentile 0.49 is below 0.5 with startpoint ZERO"),
+    (("latent", 0.49, "ZERO", "AD"), "input 'threshold_percentile' (0.49) is below 0.5 with startpoint ZERO"),
     (("latent", 0.0, "ZERO", "AD"), "use 0.5–1.0, or startpoint MEAN"),
-    (("latent", 1.5, "MEAN", "AD"), "threshold_percentile 1.5 is outside 0.0–1.0"),
-    (("imagen", -0.5, "MEAN", "AD"), "threshold_percentile -0.5 is outside 0.0–1.0 (or -1"),
+    (("latent", 1.5, "MEAN", "AD"), "input 'threshold_percentile' (1.5) is outside 0.0–1.0"),
+    (("imagen", -0.5, "MEAN", "AD"), "input 'threshold_percentile' (-0.5) is outside 0.0–1.0 (or -1"),
     (("latent", 0.0, "MEAN", "AD"), None),
     (("latent", 0.0, "ZERO", "STD"), None),
     (("imagen", 0.0, "ZERO", "AD"), None),

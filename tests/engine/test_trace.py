@@ -24,22 +24,23 @@ def tensors(seed: int, count: int, shape=(2, 4, 6, 6)) -> list[torch.Tensor]:
 
 def test_an_evaluation_is_recorded_as_it_was_computed():
     recipe = Recipe(threshold=DynamicThreshold(mimic_scale=2.0), negatives=(ExtraNegative("n", 0.5),),
-                    pag=PerturbedAttention(scale=1.5))
-    d_c, d_u, d_n, d_p = tensors(1, 4)
+                    perturbations=(PerturbedAttention(scale=1.5), PerturbedAttention(scale=0.5)))
+    d_c, d_u, d_n, d_p, d_q = tensors(1, 5)
     run = engine.new_run(SCHEDULE, trace=Trace(4))
     step = engine.plan(recipe, run, 9.0, SCHEDULE[1], 2)
-    out = engine.combine(recipe, step, d_c, d_u, [d_n], d_p, trace=run.trace)
-    assert torch.equal(out, engine.combine(recipe, step, d_c, d_u, [d_n], d_p))  # tracing changes nothing
+    out = engine.combine(recipe, step, d_c, d_u, [d_n], [d_p, d_q], trace=run.trace)
+    assert torch.equal(out, engine.combine(recipe, step, d_c, d_u, [d_n], [d_p, d_q]))  # tracing changes nothing
     (record,) = run.trace.evaluations
-    assert (record.step, record.scale, record.guided, record.rows) == (1, 9.0, (True, True), 2 * 4)
-    unthresholded = d_u + 9.0 * (d_c - d_u) - 0.5 * (d_n - d_u) + 1.5 * (d_c - d_p)
+    assert (record.step, record.scale, record.guided, record.rows) == (1, 9.0, (True, True), 2 * 5)
+    pag = 1.5 * (d_c - d_p) + 0.5 * (d_c - d_q)  # both PAG patches: the term is their sum
+    unthresholded = d_u + 9.0 * (d_c - d_u) - 0.5 * (d_n - d_u) + pag
     for b in range(2):
         assert record.difference[b] == pytest.approx(float((d_c[b] - d_u[b]).norm()), rel=1e-5)
         cosine = float((out[b] * d_c[b]).sum() / (out[b].norm() * d_c[b].norm()))
         assert record.cosine[b] == pytest.approx(cosine, rel=1e-5)
         assert record.threshold_factor[b] == pytest.approx(float(out[b].norm() / unthresholded[b].norm()), rel=1e-4)
         assert record.threshold_factor[b] < 1.0
-        assert record.pag[b] == pytest.approx(float((1.5 * (d_c[b] - d_p[b])).norm()), rel=1e-5)
+        assert record.pag[b] == pytest.approx(float(pag[b].norm()), rel=1e-5)
 
 
 def test_unguided_evaluations_have_no_guidance_measures():
@@ -98,7 +99,7 @@ def test_without_a_trace_nothing_is_measured(monkeypatch):
         raise AssertionError("measured without a trace")
 
     monkeypatch.setattr(engine, "record", measured)
-    recipe = Recipe(threshold=DynamicThreshold(), pag=PerturbedAttention(scale=1.0))
+    recipe = Recipe(threshold=DynamicThreshold(), perturbations=(PerturbedAttention(scale=1.0),))
     d_c, d_u, d_p = tensors(5, 3)
     step = engine.plan(recipe, engine.new_run(SCHEDULE), 5.0, SCHEDULE[0], 2)
-    engine.combine(recipe, step, d_c, d_u, (), d_p)
+    engine.combine(recipe, step, d_c, d_u, (), [d_p])
