@@ -339,7 +339,7 @@ def test_sweep_compares_steer_with_plain_cfg(example_pixels: Callable[[str], np.
     assert len({cell.tobytes() for cell in cells}) == 8
 
 
-@pytest.mark.parametrize(("scales", "detail"), [("4, abc", "value 2 ('abc') is not a number"),
+@pytest.mark.parametrize(("scales", "detail"), [("4, abc", "value 2 ('abc') is not a decimal number"),
                                                  ("4, 300", "value 2 (300) is above 100"), ("", "no scales given")])
 def test_sweep_refuses_bad_scale_lists(server: ComfyServer, workflows: dict[str, dict[str, Any]], scales: str,
                                        detail: str) -> None:

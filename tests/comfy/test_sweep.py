@@ -81,7 +81,7 @@ def test_one_grid_per_image_of_the_batch(steer_nodes, checkpoint):
 
 @pytest.mark.parametrize(("scales", "message"), [
     ("", "Steer Sweep (SteerSweep): input 'scales': no scales given"),
-    ("3, abc", "Steer Sweep (SteerSweep): input 'scales': value 2 ('abc') is not a number"),
+    ("3, abc", "Steer Sweep (SteerSweep): input 'scales': value 2 ('abc') is not a decimal number"),
     ("3, 250", "Steer Sweep (SteerSweep): input 'scales': value 2 (250) is above 100"),
     ("1 " * 17, "Steer Sweep (SteerSweep): input 'scales': 17 scales, one sampling each; expected 1–16"),
     ("-2", "Steer Sweep (SteerSweep): input 'scales': value 1 ('-2')"),
