@@ -25,34 +25,57 @@ def node_label(node: type[io.ComfyNode]) -> str:
     return f"{schema.display_name} ({schema.node_id})"
 
 
-def _check_widget(spec: io.Input, value: Any) -> None:
+WIDGETS = (io.Float.Input, io.Int.Input, io.Combo.Input, io.String.Input, io.Boolean.Input)
+
+
+def _check_value(spec: io.Input, value: Any) -> None:
+    """One value against its input's schema: numbers finite and in range, combos among the options, strings
+    strings, and a socket fed by a link (a literal there means the prompt wired a value where a link belongs)."""
     if isinstance(spec, (io.Float.Input, io.Int.Input)):
         accepted = f"accepted range {spec.min}–{spec.max}"
-        if isinstance(value, float) and math.isnan(value):
-            raise ValueError(f"input '{spec.id}' is NaN; {accepted}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"input '{spec.id}' ({value!r}) is not a number; {accepted}")
+        if not math.isfinite(value):
+            raise ValueError(f"input '{spec.id}' is {'NaN' if math.isnan(value) else 'infinite'}; {accepted}")
         if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
             raise ValueError(f"input '{spec.id}' ({value}) is out of range; {accepted}")
-    elif isinstance(spec, io.Combo.Input) and value not in spec.options:
-        raise ValueError(f"input '{spec.id}' ({value!r}) is not one of {', '.join(map(str, spec.options))}")
+    elif isinstance(spec, io.Combo.Input):
+        if value not in spec.options:
+            raise ValueError(f"input '{spec.id}' ({value!r}) is not one of {', '.join(map(str, spec.options))}")
+    elif isinstance(spec, io.String.Input):
+        if not isinstance(value, str):
+            raise ValueError(f"input '{spec.id}' ({value!r}) is not text")
+    elif not isinstance(spec, WIDGETS) and isinstance(value, (str, int, float, bool)):
+        raise ValueError(f"input '{spec.id}' must be connected to a {spec.get_io_type()} output, not given the value "
+                         f"{value!r}")
 
 
-def check_inputs(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None = None) -> None:
-    """Check `values` against the node's schema and `cross` (checks between inputs); None stands for a linked input
-    whose value is not known yet and is skipped (`cross` must skip it too). Raises ValueError naming the node."""
+def _check(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None, arrived: bool) -> None:
     try:
         for spec in node.define_schema().inputs:
-            if values.get(spec.id) is not None:
-                _check_widget(spec, values[spec.id])
+            if spec.id not in values:
+                continue
+            if values[spec.id] is not None:
+                _check_value(spec, values[spec.id])
+            elif arrived and not spec.optional:
+                raise ValueError(f"input '{spec.id}' has no value")
         if cross is not None:
             cross(values)
     except ValueError as error:
         raise ValueError(f"{node_label(node)}: {error}") from None
 
 
+def check_inputs(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None = None) -> None:
+    """Check the values a node's `execute` received against its schema and `cross` (checks between inputs); a
+    required input given as None is an error here. Raises ValueError naming the node and the input."""
+    _check(node, values, cross, arrived=True)
+
+
 def validation(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None = None) -> bool | str:
-    """`check_inputs` as ComfyUI's validate_inputs wants it: True, or the message that refuses the prompt."""
+    """The same checks as ComfyUI's validate_inputs wants them, True or the message that refuses the prompt. None
+    stands for a linked input whose value is not known yet and is skipped (`cross` must skip it too)."""
     try:
-        check_inputs(node, values, cross)
+        _check(node, values, cross, arrived=False)
     except ValueError as error:
         return str(error)
     return True

@@ -36,7 +36,8 @@ class SteerGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg: float) -> io.NodeOutput:
-        check_inputs(cls, {"cfg": cfg})
+        check_inputs(cls, {"model": model, "positive": positive, "negative": negative,
+                           "cfg": cfg})
         guider = comfy.samplers.CFGGuider(with_steer(model))
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

@@ -33,5 +33,5 @@ class SteerNegative(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, negative, scale: float, mode: str) -> io.NodeOutput:
-        check_inputs(cls, {"scale": scale, "mode": mode})
+        check_inputs(cls, {"model": model, "negative": negative, "scale": scale, "mode": mode})
         return io.NodeOutput(with_steer(model, ExtraNegative(negative, scale, mode)))

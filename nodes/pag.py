@@ -101,7 +101,7 @@ class SteerPAG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, scale: float, blocks: str, start_percent: float, end_percent: float) -> io.NodeOutput:
-        check_inputs(cls, {"scale": scale, "blocks": blocks, "start_percent": start_percent,
+        check_inputs(cls, {"model": model, "scale": scale, "blocks": blocks, "start_percent": start_percent,
                            "end_percent": end_percent}, _cross)
         try:
             parsed = model_blocks(model, _parsed(blocks))

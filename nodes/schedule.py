@@ -70,8 +70,8 @@ class SteerScaleSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, model, curve: str, cfg_min: float, switch_at: float, exponent: float,
                 custom: str, cycles: float = 1.0) -> io.NodeOutput:
-        check_inputs(cls, {"curve": curve, "cfg_min": cfg_min, "switch_at": switch_at, "exponent": exponent,
-                           "custom": custom, "cycles": cycles}, _cross)
+        check_inputs(cls, {"model": model, "curve": curve, "cfg_min": cfg_min, "switch_at": switch_at,
+                           "exponent": exponent, "custom": custom, "cycles": cycles}, _cross)
         scales = _custom_scales(custom) if curve == "custom" else ()
         schedule = ScaleSchedule(curve, cfg_min, switch_at, exponent, scales, cycles)
         return io.NodeOutput(with_steer(model, schedule))

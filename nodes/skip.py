@@ -63,7 +63,7 @@ class SteerCFGSkip(io.ComfyNode):
     @classmethod
     def execute(cls, model, mode: str, start_percent: float, end_percent: float, sigma_high: float, sigma_low: float,
                 threshold: float) -> io.NodeOutput:
-        check_inputs(cls, {"mode": mode, "start_percent": start_percent, "end_percent": end_percent,
+        check_inputs(cls, {"model": model, "mode": mode, "start_percent": start_percent, "end_percent": end_percent,
                            "sigma_high": sigma_high, "sigma_low": sigma_low, "threshold": threshold}, _cross)
         skip = CFGSkip(mode, start_percent, end_percent, sigma_high, sigma_low, threshold)
         return io.NodeOutput(with_steer(model, skip))

@@ -89,7 +89,10 @@ class SteerSweep(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed: int, steps: int, sampler_name: str, scheduler: str, positive, negative,
                 latent_image: dict, vae, denoise: float, scales: str, compare_without_steer: bool) -> io.NodeOutput:
-        check_inputs(cls, {"steps": steps, "denoise": denoise, "scales": scales}, _cross)
+        check_inputs(cls, {"model": model, "seed": seed, "steps": steps, "sampler_name": sampler_name,
+                           "scheduler": scheduler, "positive": positive, "negative": negative,
+                           "latent_image": latent_image, "vae": vae, "denoise": denoise, "scales": scales,
+                           "compare_without_steer": compare_without_steer}, _cross)
         values = parse_scales(scales)
         variants = [("Steer", model)]
         if compare_without_steer:

@@ -85,10 +85,11 @@ class SteerDynamicThreshold(io.ComfyNode):
     def execute(cls, model, mode: str, mimic_scale: float, threshold_percentile: float, startpoint: str,
                 variability: str, interpolate_phi: float, mimic_curve: str = "constant", mimic_scale_min: float = 1.0,
                 mimic_curve_value: float = 1.0, separate_feature_channels: bool = True) -> io.NodeOutput:
-        check_inputs(cls, {"mode": mode, "mimic_scale": mimic_scale, "threshold_percentile": threshold_percentile,
-                           "startpoint": startpoint, "variability": variability, "interpolate_phi": interpolate_phi,
-                           "mimic_curve": mimic_curve, "mimic_scale_min": mimic_scale_min,
-                           "mimic_curve_value": mimic_curve_value}, _cross)
+        check_inputs(cls, {"model": model, "mode": mode, "mimic_scale": mimic_scale,
+                           "threshold_percentile": threshold_percentile, "startpoint": startpoint,
+                           "variability": variability, "interpolate_phi": interpolate_phi, "mimic_curve": mimic_curve,
+                           "mimic_scale_min": mimic_scale_min, "mimic_curve_value": mimic_curve_value,
+                           "separate_feature_channels": separate_feature_channels}, _cross)
         settings = DynamicThreshold(mode, mimic_scale, threshold_percentile, startpoint, variability, interpolate_phi,
                                     _mimic_schedule(mimic_curve, mimic_scale_min, mimic_curve_value),
                                     separate_feature_channels)

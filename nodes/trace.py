@@ -15,7 +15,7 @@ from comfy_api.v0_0_2 import io
 from PIL import Image
 
 from ..guiders.trace import Recorder, Trace
-from .checks import node_label
+from .checks import check_inputs, node_label
 from .drawing import to_image, trace_chart
 from .hooks import TRACE, with_steer
 
@@ -41,6 +41,7 @@ class SteerTrace(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
+        check_inputs(cls, {"model": model})
         traced = with_steer(model)
         recorder = Recorder()
         traced.model_options[TRACE] = recorder
@@ -82,6 +83,7 @@ class SteerTracePlot(io.ComfyNode):
 
     @classmethod
     def execute(cls, trace: Recorder, samples: dict) -> io.NodeOutput:
+        check_inputs(cls, {"trace": trace, "samples": samples})
         run = trace.find(samples["samples"])
         if run is None:
             raise ValueError(f"{node_label(cls)}: input 'samples': no traced run returned this latent. Connect the "

@@ -50,10 +50,12 @@ def free_port() -> int:
 class ComfyServer:
     """Context manager around one ComfyUI process with Steer loaded from the test bed's base directory."""
 
-    def __init__(self, output_dir: Path, log_path: Path | None = None, startup_timeout: float = 180.0) -> None:
+    def __init__(self, output_dir: Path, log_path: Path | None = None, startup_timeout: float = 180.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.log_path = Path(log_path) if log_path else self.output_dir / "comfyui.log"
         self.startup_timeout = startup_timeout
+        self.extra_args = extra_args  # more ComfyUI flags, e.g. ("--cache-none",)
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -74,7 +76,7 @@ class ComfyServer:
         python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
         command = [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                    "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-                   "--base-directory", str(BASE), "--output-directory", str(self.output_dir)]
+                   "--base-directory", str(BASE), "--output-directory", str(self.output_dir), *self.extra_args]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
@@ -155,20 +157,31 @@ class ComfyServer:
 
     def run(self, graph: dict[str, Any], timeout: float = 120.0) -> list[Path]:
         """Queue `graph`, wait for it, and return the image files it saved (output and temp images)."""
+        return self.wait(self.submit(graph), timeout)
+
+    def submit(self, graph: dict[str, Any]) -> str:
+        """Queue `graph` without waiting; its prompt id (PromptError if ComfyUI refuses it)."""
         status, answer = self.post_prompt(graph)
         if status != 200:
             raise PromptError(f"/prompt answered {status}: {json.dumps(answer, indent=1)}",
                               answer if isinstance(answer, dict) else {})
-        prompt_id = answer["prompt_id"]
+        return answer["prompt_id"]
+
+    def finished(self, prompt_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until prompt `prompt_id` has finished (successfully or not); its /history entry."""
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             entry = self.get(f"/history/{prompt_id}")[1].get(prompt_id)
             if entry:  # written once, when the prompt has finished
-                break
+                return entry
             if time.monotonic() > deadline:
                 raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f} s\n" + self.log_tail())
             time.sleep(0.05)
+
+    def wait(self, prompt_id: str, timeout: float = 120.0) -> list[Path]:
+        """Wait for a queued prompt and return the image files it saved; PromptError if it failed."""
+        entry = self.finished(prompt_id, timeout)
         outcome = entry["status"] or {}
         if outcome.get("status_str") != "success":
             errors = [f"node {data['node_id']} ({data['node_type']}): {data['exception_type']}: "
