@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.guidance [--size 256] [--steps 8] [--repeats 5] [--checkpoint PATH]
 
 Pairs: core CFGGuider vs SteerGuider (cfg 7), and core PerturbedAttentionGuidance vs SteerPAG (cfg 5, PAG 3, middle.0),
-plus SteerCFGSkip (percent 0.4–1.0) for what skipping saves. Each case runs `repeats` times, interleaved with its
-partner so machine load hits both alike; the median is reported with model calls and rows per step (recorded below
-every ComfyUI hook). Default model: the test bed's tiny SD1.5 checkpoint; `--checkpoint` takes any SD1.5/SDXL one.
+plus SteerCFGSkip (percent 0.4–1.0) for what skipping saves, and Steer's CFG++ DPM++ 2M SDE vs core's plain one.
+Each case runs `repeats` times, interleaved with its partner so machine load hits both alike; the median is reported
+with model calls and rows per step (recorded below every ComfyUI hook). Default model: the test bed's tiny SD1.5
+checkpoint; `--checkpoint` takes any SD1.5/SDXL one.
 """
 
 from __future__ import annotations
@@ -47,20 +48,47 @@ def _cases(steer_nodes: dict, model, positive, negative) -> dict:
     }
 
 
-def _time_run(guider, latent, steps: int, seed: int) -> tuple[float, list[int]]:
+def _time_run(guider, latent, steps: int, seed: int, sampler_name: str = "euler") -> tuple[float, list[int]]:
     import comfy.sample
     import comfy.samplers
 
     from testbed.sampling import model_calls, sigmas
 
     noise = comfy.sample.prepare_noise(latent, seed)
-    sampler = comfy.samplers.sampler_object("euler")
+    sampler = comfy.samplers.sampler_object(sampler_name)
     schedule = sigmas(guider.model_patcher, steps)
     with model_calls(guider.model_patcher) as rows:
         start = time.perf_counter()
         guider.sample(noise, latent, sampler, schedule, disable_pbar=True, seed=seed)
         elapsed = time.perf_counter() - start
     return elapsed / steps, rows
+
+
+def _cfg_pp_sde_rows(model, positive, negative, latent, steps: int, repeats: int) -> list[str]:
+    """Table rows: Steer's CFG++ DPM++ 2M SDE (λ 1) vs core's plain dpmpp_2m_sde (cfg 7), the same two rows per call."""
+    import comfy.samplers
+
+    def guider(cfg: float):
+        core = comfy.samplers.CFGGuider(model)
+        core.set_conds(positive, negative)
+        core.set_cfg(cfg)
+        return core
+
+    cases = {"core dpmpp_2m_sde (cfg 7)": (guider(7.0), "dpmpp_2m_sde"),
+             "steer_dpmpp_2m_sde_cfg_pp (λ 1)": (guider(1.0), "steer_dpmpp_2m_sde_cfg_pp")}
+    for case, sampler_name in cases.values():  # warm-up
+        _time_run(case, latent, 2, 0, sampler_name)
+    seconds: dict[str, list[float]] = {name: [] for name in cases}
+    rows: dict[str, list[int]] = {}
+    for repeat in range(repeats):
+        for name, (case, sampler_name) in cases.items():
+            per_step, rows[name] = _time_run(case, latent, steps, repeat, sampler_name)
+            seconds[name].append(per_step)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    core, steer = cases
+    return [f"| {name} | {median[name]:.4f} | {len(rows[name]) / steps:g} | "
+            f"{', '.join(map(str, sorted(set(rows[name]))))} | "
+            f"{f'{median[steer] / median[core]:.2f}× {core}' if name == steer else ''} |" for name in cases]
 
 
 def _cpu_name() -> str:
@@ -117,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"{median[name] / median[base]:.2f}× {base}" if base else ""
         table.append(f"| {name} | {median[name]:.4f} | {len(rows[name]) / args.steps:g} | "
                      f"{', '.join(map(str, sorted(set(rows[name]))))} | {ratio} |")
+    table += _cfg_pp_sde_rows(model, positive, negative, latent, args.steps, args.repeats)
     print("\n".join(table))
     if args.output:
         args.output.write_text(json.dumps({"device": device_name, "args": {k: str(v) for k, v in vars(args).items()},

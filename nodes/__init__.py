@@ -8,6 +8,7 @@ from .cfg_pp import SteerCFGPPSampler, register_ksampler_names
 from .guider import SteerGuider
 from .negative import SteerNegative
 from .pag import SteerPAG
+from .preview import register_routes
 from .schedule import SteerScaleSchedule
 from .skip import SteerCFGSkip
 from .sweep import SteerSweep
@@ -15,6 +16,7 @@ from .threshold import SteerDynamicThreshold
 from .trace import SteerTrace, SteerTracePlot
 
 register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name only: see nodes/cfg_pp.py
+register_routes()  # read-only previews for js/steer.js: see nodes/preview.py
 
 
 class SteerExtension(ComfyExtension):

@@ -13,6 +13,8 @@ of other packs is replaced:
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import replace
 from functools import partial
 
 import comfy.hooks
@@ -27,7 +29,7 @@ from ..guiders.skip import CFGSkip
 from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
 from ..guiders.threshold import DynamicThreshold
 from .cfg_pp import sample_dpmpp_2s_ancestral_cfg_pp
-from .predict import predict
+from .predict import evaluate, guide, predict
 
 KEY = "steer"
 RECIPE = "steer_recipe"
@@ -155,27 +157,91 @@ def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
     if unused:
         logging.warning("Steer Scale Schedule: the custom schedule has %d values but this run has %d steps; the last "
                         "%d are not used.", len(scale_schedule.custom), run.tracker.steps, unused)
+    _guide_every_step_where_patches_need_the_negative(extra_args["model_options"])
     return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 
-_warned: set[str] = set()
+def hook_owner(fn) -> str:
+    """The node that registered a hook, as far as its name tells (core's are `Node.execute.<locals>.fn`)."""
+    return getattr(fn, "__qualname__", type(fn).__name__).split(".")[0]
+
+
+def _guide_every_step_where_patches_need_the_negative(options: dict) -> None:
+    """Patches that read the negative on every step say so with `disable_cfg1_optimization` (core's
+    SelfAttentionGuidance blurs with the negative's attention map and re-runs the negative). CFG-skip would leave
+    them without one, so with them this run guides every step, and the log says so, naming both sides. (CFG++
+    samplers add their own such hook later, inside the sampler: they take the cond where no negative is computed.)"""
+    recipe = recipe_of(options)
+    hooks = options.get("sampler_post_cfg_function", []) + options.get("sampler_pre_cfg_function", [])
+    if recipe.skip is None or not options.get("disable_cfg1_optimization") or not hooks:
+        return
+    options[RECIPE] = replace(recipe, skip=None)
+    logging.warning("Steer: SteerCFGSkip cannot compose with %s: that patch reads the negative on every step, which a "
+                    "skipped step does not compute. This run guides every step (no CFG skip).",
+                    ", ".join(dict.fromkeys(hook_owner(fn) for fn in hooks)))
+
+
+PATCH_NODES = {"schedule": "SteerScaleSchedule", "threshold": "SteerDynamicThreshold", "skip": "SteerCFGSkip"}
+
+
+def patch_names(recipe: Recipe) -> list[str]:
+    """The Steer nodes a recipe holds, as users see them in the graph."""
+    names = [node for slot, node in PATCH_NODES.items() if getattr(recipe, slot) is not None]
+    return names + ["SteerNegative"] * len(recipe.negatives) + ["SteerPAG"] * len(recipe.perturbations)
+
+
+_warned_runs: set[int] = set()  # ids of live runs that were warned about
 
 
 def _predict_noise(executor, x, timestep, model_options, seed):
     guider = executor.class_obj
-    if type(guider).predict_noise is not comfy.samplers.CFGGuider.predict_noise:
-        name = type(guider).__name__
-        if name not in _warned and recipe_of(model_options) != Recipe():
-            _warned.add(name)
-            logging.warning("Steer: %s computes its own guidance, so the Steer patches on this model are not applied; "
-                            "use KSampler, CFGGuider, BasicGuider or SteerGuider with them.", name)
-        return executor(x, timestep, model_options, seed)
+    recipe = recipe_of(model_options)
     run = model_options.get(RUN)
     if run is None:  # called outside a sampler run: the schedule ComfyUI recorded is all there is
         run = new_run(model_options["transformer_options"].get("sample_sigmas", timestep).tolist())
-    inner = WrapperExecutor.new_class_executor(
-        partial(predict, guider, recipe_of(model_options), run, negative_key),
-        guider,
-        executor.wrappers[executor.idx + 1:],
-    )
-    return inner.execute(x, timestep, model_options, seed)
+    if type(guider).predict_noise is comfy.samplers.CFGGuider.predict_noise:
+        inner = WrapperExecutor.new_class_executor(
+            partial(predict, guider, recipe, run, negative_key),
+            guider,
+            executor.wrappers[executor.idx + 1:],
+        )
+        return inner.execute(x, timestep, model_options, seed)
+    return _through_foreign_guider(executor, guider, recipe, run, x, timestep, model_options, seed)
+
+
+def _through_foreign_guider(executor, guider, recipe: Recipe, run, x, timestep, model_options, seed):
+    """A guider subclass with its own predict_noise. If it reaches core's sampling_function with its own positive and
+    negative (a scheduled-CFG guider that sets `cfg` and calls super()), Steer does that evaluation from the
+    calc-cond-batch slot and the CFG-function slot, at the scale the guider set. A guider that computes its own
+    guidance never gets there: it runs unchanged, and every run says which Steer patches it dropped."""
+    foreign_calc = model_options.get("sampler_calc_cond_batch_function")
+    options = model_options.copy()
+    claimed: list[bool] = []
+
+    def calc_cond_batch_hook(args):
+        conds = args["conds"]
+        if len(conds) != 2 or conds[0] is not guider.conds.get("positive") or (
+                conds[1] is not None and conds[1] is not guider.conds.get("negative")):
+            return foreign_calc(args) if foreign_calc else comfy.samplers.calc_cond_batch(
+                args["model"], conds, args["input"], args["sigma"], args["model_options"])
+        evaluation = evaluate(guider, recipe, run, negative_key, args["input"], args["sigma"], model_options)
+        claimed.append(True)
+
+        def cfg_function(cfg_args):  # this evaluation only: sampling_function reads the slot right after this call
+            cond_x0, uncond_x0 = cfg_args["cond_denoised"], cfg_args["uncond_denoised"]
+            guided = guide(recipe, evaluation, cond_x0, uncond_x0, cfg_args["input"], cfg_args["sigma"],
+                           cfg_args["model"], model_options)
+            return cfg_args["input"] - guided
+
+        args["model_options"]["sampler_cfg_function"] = cfg_function
+        return evaluation.out
+
+    options["sampler_calc_cond_batch_function"] = calc_cond_batch_hook
+    denoised = executor(x, timestep, options, seed)
+    if not claimed and recipe != Recipe() and id(run) not in _warned_runs:
+        _warned_runs.add(id(run))
+        weakref.finalize(run, _warned_runs.discard, id(run))
+        logging.warning("Steer: %s computes its own guidance, so this run drops the Steer patches on its model (%s); "
+                        "use KSampler, CFGGuider, BasicGuider, SteerGuider or a guider that calls CFGGuider's "
+                        "predict_noise with them.", type(guider).__name__, ", ".join(patch_names(recipe)))
+    return denoised

@@ -43,9 +43,10 @@ class SteerCFGSkip(io.ComfyNode):
                                tooltip="percent: last guided progress."),
                 io.Float.Input("sigma_high", default=5.42, min=0.0, max=1000.0, step=0.01,
                                tooltip="sigma: upper end of the guided interval (included). 5.42 is the paper's SD-XL "
-                                       "value."),
+                                       "value (SD1.5 shares its sigma range); flow models (SD3, Flux) run σ 1 → 0."),
                 io.Float.Input("sigma_low", default=0.28, min=0.0, max=1000.0, step=0.01,
-                               tooltip="sigma: lower end of the guided interval (excluded)."),
+                               tooltip="sigma: lower end of the guided interval (excluded). 0.28 is the paper's SD-XL "
+                                       "value; flow models (SD3, Flux) need values within 0–1."),
                 io.Float.Input("threshold", default=0.99, min=0.0, max=1.0, step=0.001,
                                tooltip="adaptive: cosine between the positive and negative noise predictions at "
                                        "which an image switches to positive-only for the rest of the run."),

@@ -55,6 +55,13 @@ base="$tb/base"
 mkdir -p "$base/custom_nodes" "$base/models" "$base/input" "$base/output" "$base/user"
 ln -sfn "$root" "$base/custom_nodes/comfyui-steer"
 
-# 4. Tiny models, generated deterministically and checked against recorded sha256 values.
+# 4. A browser for the UI tests (tests/test_browser.py): Debian's chromium, driven by PyPI's playwright (in the
+# requirements), which cannot download a browser of its own here.
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y chromium
+fi
+
+# 5. Tiny models, generated deterministically and checked against recorded sha256 values.
 (cd "$root" && "$py" -m testbed.models --comfyui "$comfy" --out "$base/models")
 echo "test bed ready: ComfyUI at $comfy, base directory $base"

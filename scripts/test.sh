@@ -5,4 +5,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 cd "$root"
 .venv/bin/ruff check .
+# What the Comfy Registry checks before publishing (pyproject.toml, and exec/eval/one-line statements as warnings,
+# which fail here). Offline: it reads pyproject.toml and runs ruff.
+validate="$(.venv/bin/comfy --skip-prompt --no-enable-telemetry node validate 2>&1)" || { echo "$validate"; exit 1; }
+echo "$validate"
+if grep -q "Security warnings" <<<"$validate"; then exit 1; fi
 exec .venv/bin/python -m pytest "$@"

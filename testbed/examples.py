@@ -1,10 +1,13 @@
-"""The pack's example workflows, defined once as API graphs.
+"""The pack's example workflows, defined once: the Steer side as an API graph for a real model of its family, plus
+the card title, the Note and what plain CFG is compared with.
 
-`python -m testbed.examples` writes each one to example_workflows/<name>.json in UI format (what ComfyUI lists under
-Templates), laid out by `api_to_ui` with the node definitions of a freshly started ComfyUI.
+`python -m testbed.examples` writes each one to example_workflows/<title>.json in UI format (what ComfyUI lists under
+Templates) with the same-seed plain-CFG comparison, the Note, groups and the `models` download entries added by
+testbed/showcase.py, and a thumbnail beside it (testbed/thumbnails.py). The files are for people: real checkpoint
+names, 512² / 1024², 20–25 steps. Tests swap in the tiny models, 64² and 8 steps (testbed/swap.py).
 
-Every example renders 64×64 in a few steps so that the test suite can run them all on the test bed's tiny models;
-a user loading one picks their own model in the loader and raises the size and steps.
+Adding an example: write a builder `(family) -> Graph` whose graph saves one image with SaveImage(filename_prefix=key)
+and add an `Example` to EXAMPLES; the position in EXAMPLES is the card's number.
 """
 
 from __future__ import annotations
@@ -12,22 +15,14 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from testbed.comfy import ROOT
-from testbed.server import ComfyServer
-from testbed.workflow import api_to_ui
 
 EXAMPLES_DIR = ROOT / "example_workflows"
-# The test bed's tiny models; users pick their own in the UI.
-CHECKPOINT = "steer_tiny_sd15.safetensors"
-SD3_UNET = "steer_tiny_sd3.safetensors"
-SD3_CLIP = "steer_tiny_clip_l.safetensors"
-SD3_VAE = "steer_tiny_taesd3.safetensors"
 
-SIZE = 64
-STEPS = 8
 SEED = 42
 POSITIVE = "a lighthouse on a rocky coast at sunset, dramatic clouds, oil painting"
 NEGATIVE = "blurry, low quality, watermark, text"
@@ -36,224 +31,299 @@ Graph = dict[str, dict[str, Any]]
 Link = list[Any]  # [node id, output slot]
 
 
+@dataclass(frozen=True)
+class Family:
+    """A model family as its users run it: the usual checkpoint file, where to get it, native size and steps."""
+
+    name: str
+    checkpoint: str
+    url: str
+    size: int
+    steps: int
+    scheduler: str = "normal"
+    latent: str = "EmptyLatentImage"
+    testbed_checkpoint: str = "steer_tiny_sd15.safetensors"  # what testbed/swap.py puts in its place
+
+
+SD15 = Family("SD1.5", "v1-5-pruned-emaonly-fp16.safetensors",
+              "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+              "v1-5-pruned-emaonly-fp16.safetensors?download=true", 512, 20)
+SDXL = Family("SDXL", "sd_xl_base_1.0.safetensors",
+              "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+              "sd_xl_base_1.0.safetensors?download=true", 1024, 25)
+SD35 = Family("SD3.5", "sd3.5_large_fp8_scaled.safetensors",
+              "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/"
+              "sd3.5_large_fp8_scaled.safetensors?download=true", 1024, 20, scheduler="sgm_uniform",
+              latent="EmptySD3LatentImage", testbed_checkpoint="steer_tiny_sd3.safetensors")
+FAMILIES = (SD15, SDXL, SD35)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example workflow. `key` names its saved images and its tests; `title` is its file name and so the title
+    of its Templates card (front end 1.32 shows custom templates by file name, in no set order: the number makes
+    the intended order visible and lets "sort alphabetically" follow it)."""
+
+    key: str
+    title: str
+    family: Family
+    note: str
+    build: Callable[[Family], Graph]
+    plain: dict[str, Any] = field(default_factory=dict)  # plain-CFG side: "cfg", "sampler_name" overrides
+    compare: bool = True  # add the plain-CFG side (False where the graph compares by itself, as SteerSweep does)
+
+    @property
+    def path(self) -> Path:
+        return EXAMPLES_DIR / f"{self.title}.json"
+
+
 def _node(class_type: str, title: str | None = None, **inputs: Any) -> dict[str, Any]:
     return {"class_type": class_type, **({"_meta": {"title": title}} if title else {}), "inputs": inputs}
 
 
-class _Builder:
+class Builder:
     """Numbers nodes "1", "2", ... in the order they are added (api_to_ui needs numeric ids)."""
 
-    def __init__(self) -> None:
-        self.graph: Graph = {}
+    def __init__(self, graph: Graph | None = None) -> None:
+        self.graph: Graph = graph if graph is not None else {}
 
     def add(self, class_type: str, title: str | None = None, **inputs: Any) -> str:
-        key = str(len(self.graph) + 1)
+        key = str(max(map(int, self.graph), default=0) + 1)
         self.graph[key] = _node(class_type, title, **inputs)
         return key
 
 
-def _sd15_custom_sampler(name: str, cfg: float, patches: Callable[[_Builder, Link, Link], Link],
-                         positive: str = POSITIVE, negative: str = NEGATIVE,
-                         sampler: Callable[[_Builder], str] | None = None) -> Graph:
-    """CheckpointLoaderSimple → `patches` on its MODEL → SteerGuider → SamplerCustomAdvanced (euler unless `sampler`
-    adds another SAMPLER node, normal) → VAEDecode → SaveImage(filename_prefix=name). `patches(builder, model, clip)`
-    adds Steer patch nodes and returns the patched MODEL."""
-    b = _Builder()
-    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    pos = b.add("CLIPTextEncode", "Positive prompt", text=positive, clip=[ckpt, 1])
+Patches = Callable[[Builder, Link, Link], Link]  # (builder, model, clip) -> patched model
+
+
+def _loaded(b: Builder, family: Family, negative: str) -> tuple[str, str, str, str]:
+    """Checkpoint, positive and negative prompts, empty latent: (checkpoint, positive, negative, latent) ids."""
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=family.checkpoint)
+    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[ckpt, 1])
     neg = b.add("CLIPTextEncode", "Negative prompt", text=negative, clip=[ckpt, 1])
+    latent = b.add(family.latent, width=family.size, height=family.size, batch_size=1)
+    return ckpt, pos, neg, latent
+
+
+def custom_sampler(key: str, family: Family, cfg: float, patches: Patches, negative: str = NEGATIVE,
+                   sampler: Callable[[Builder], str] | None = None) -> Graph:
+    """CheckpointLoaderSimple → `patches` on its MODEL → SteerGuider → SamplerCustomAdvanced (euler unless `sampler`
+    adds another SAMPLER node; the family's scheduler) → VAEDecode → SaveImage(filename_prefix=key)."""
+    b = Builder()
+    ckpt, pos, neg, latent = _loaded(b, family, negative)
     model = patches(b, [ckpt, 0], [ckpt, 1])
     guider = b.add("SteerGuider", model=model, positive=[pos, 0], negative=[neg, 0], cfg=cfg)
     noise = b.add("RandomNoise", noise_seed=SEED)
-    sampler = sampler(b) if sampler else b.add("KSamplerSelect", sampler_name="euler")
-    sigmas = b.add("BasicScheduler", model=model, scheduler="normal", steps=STEPS, denoise=1.0)
-    latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    sampled = b.add("SamplerCustomAdvanced", noise=[noise, 0], guider=[guider, 0], sampler=[sampler, 0],
+    sampler_id = sampler(b) if sampler else b.add("KSamplerSelect", sampler_name="euler")
+    sigmas = b.add("BasicScheduler", model=model, scheduler=family.scheduler, steps=family.steps, denoise=1.0)
+    sampled = b.add("SamplerCustomAdvanced", noise=[noise, 0], guider=[guider, 0], sampler=[sampler_id, 0],
                     sigmas=[sigmas, 0], latent_image=[latent, 0])
     image = b.add("VAEDecode", samples=[sampled, 0], vae=[ckpt, 2])
-    b.add("SaveImage", images=[image, 0], filename_prefix=name)
+    b.add("SaveImage", images=[image, 0], filename_prefix=key)
     return b.graph
 
 
-def _no_patches(b: _Builder, model: Link, clip: Link) -> Link:
+def ksampler(key: str, family: Family, cfg: float, patches: Patches, negative: str = NEGATIVE,
+             sampler_name: str = "euler") -> Graph:
+    """CheckpointLoaderSimple → `patches` → KSampler (the family's steps and scheduler) → VAEDecode → SaveImage."""
+    b = Builder()
+    ckpt, pos, neg, latent = _loaded(b, family, negative)
+    model = patches(b, [ckpt, 0], [ckpt, 1])
+    sampled = b.add("KSampler", model=model, seed=SEED, steps=family.steps, cfg=cfg, sampler_name=sampler_name,
+                    scheduler=family.scheduler, positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0],
+                    denoise=1.0)
+    image = b.add("VAEDecode", samples=[sampled, 0], vae=[ckpt, 2])
+    b.add("SaveImage", images=[image, 0], filename_prefix=key)
+    return b.graph
+
+
+def _no_patches(b: Builder, model: Link, clip: Link) -> Link:
     return model
 
 
-def _scale_schedule(b: _Builder, model: Link, **settings: Any) -> Link:
+def _scale_schedule(b: Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerScaleSchedule", model=model, **{"curve": "linear_down", "cfg_min": 4.0, "switch_at": 0.5,
                                                          "exponent": 2.0, "custom": "", "cycles": 1.0, **settings}), 0]
 
 
-def _dynamic_threshold(b: _Builder, model: Link, **settings: Any) -> Link:
+def _dynamic_threshold(b: Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerDynamicThreshold", model=model, **{
         "mode": "latent", "mimic_scale": 7.0, "threshold_percentile": 1.0, "startpoint": "MEAN",
         "variability": "AD", "interpolate_phi": 1.0, "mimic_curve": "constant", "mimic_scale_min": 1.0,
         "mimic_curve_value": 1.0, "separate_feature_channels": True, **settings}), 0]
 
 
-def _cfg_skip(b: _Builder, model: Link, **settings: Any) -> Link:
+def _cfg_skip(b: Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerCFGSkip", model=model, **{
         "mode": "percent", "start_percent": 0.4, "end_percent": 1.0, "sigma_high": 5.42, "sigma_low": 0.28,
         "threshold": 0.99, **settings}), 0]
 
 
-def _extra_negative(b: _Builder, model: Link, clip: Link, text: str = "watermark, text, signature",
+def _extra_negative(b: Builder, model: Link, clip: Link, text: str = "watermark, text, signature",
                     **settings: Any) -> Link:
     prompt = b.add("CLIPTextEncode", "Extra negative prompt", text=text, clip=clip)
     return [b.add("SteerNegative", model=model, negative=[prompt, 0],
                   **{"scale": 0.8, "mode": "perpendicular", **settings}), 0]
 
 
-def _pag(b: _Builder, model: Link, **settings: Any) -> Link:
+def _pag(b: Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerPAG", model=model, **{"scale": 3.0, "blocks": "middle.0", "start_percent": 0.0,
                                               "end_percent": 1.0, **settings}), 0]
 
 
-def _ksample_and_save(b: _Builder, name: str, model: Link, positive: str, negative: str, latent: str, vae: Link,
-                      cfg: float, sampler_name: str = "euler", scheduler: str = "normal") -> Graph:
-    """KSampler → VAEDecode → SaveImage(filename_prefix=name): the tail of every KSampler example."""
-    sampled = b.add("KSampler", model=model, seed=SEED, steps=STEPS, cfg=cfg, sampler_name=sampler_name,
-                    scheduler=scheduler, positive=[positive, 0], negative=[negative, 0], latent_image=[latent, 0],
-                    denoise=1.0)
-    image = b.add("VAEDecode", samples=[sampled, 0], vae=vae)
-    b.add("SaveImage", images=[image, 0], filename_prefix=name)
-    return b.graph
-
-
-def steer_cfg() -> Graph:
-    """Text to image with SteerGuider at cfg 7 driving SamplerCustomAdvanced (euler, 8 steps, 64×64)."""
-    return _sd15_custom_sampler("steer_cfg", 7.0, _no_patches)
-
-
-def steer_scale_schedule() -> Graph:
-    """Strong guidance for the composition, relaxing for the details: cfg 12 falling linearly to 4."""
-    return _sd15_custom_sampler("steer_scale_schedule", 12.0,
-                                lambda b, model, clip: _scale_schedule(b, model, curve="linear_down", cfg_min=4.0))
-
-
-def steer_dynamic_threshold() -> Graph:
-    """cfg 15 for prompt adherence, with the spread of cfg 7 so that the image does not burn."""
-    return _sd15_custom_sampler("steer_dynamic_threshold", 15.0,
-                                lambda b, model, clip: _dynamic_threshold(b, model, mimic_scale=7.0))
-
-
-def steer_cfg_skip() -> Graph:
-    """Guidance only inside the paper's sigma interval (0.28, 5.42]; other steps run the positive alone."""
-    return _sd15_custom_sampler("steer_cfg_skip", 7.0, lambda b, model, clip: _cfg_skip(
-        b, model, mode="sigma", sigma_high=5.42, sigma_low=0.28))
-
-
-def steer_negative() -> Graph:
-    """A second negative prompt ("watermark, text, signature") at 0.8, perpendicular to what the positive asks for."""
-    return _sd15_custom_sampler("steer_negative", 7.0, lambda b, model, clip: _extra_negative(b, model, clip),
-                                negative="blurry, low quality, jpeg artifacts")
-
-
-def _all_four(b: _Builder, model: Link, clip: Link) -> Link:
+def _all_four(b: Builder, model: Link, clip: Link) -> Link:
     model = _scale_schedule(b, model, curve="cosine_down", cfg_min=5.0)
     model = _dynamic_threshold(b, model, mimic_scale=7.0)
     model = _cfg_skip(b, model, mode="percent", start_percent=0.0, end_percent=0.8)
     return _extra_negative(b, model, clip, scale=0.8, mode="perpendicular")
 
 
-def steer_all_four() -> Graph:
-    """All four patches on one model: cfg 12 easing to 5 (cosine), thresholded to cfg 7's spread, the last fifth of
-    the steps unguided, and an extra perpendicular negative."""
-    return _sd15_custom_sampler("steer_all_four", 12.0, _all_four, negative="blurry, low quality, jpeg artifacts")
-
-
-def steer_ksampler() -> Graph:
-    """The patches with the plain KSampler: CheckpointLoaderSimple → schedule → threshold → extra negative →
-    KSampler (cfg 10, euler, normal) → VAEDecode → SaveImage."""
-    b = _Builder()
-    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[ckpt, 1])
-    neg = b.add("CLIPTextEncode", "Negative prompt", text="blurry, low quality, jpeg artifacts", clip=[ckpt, 1])
-    model = _scale_schedule(b, [ckpt, 0], curve="cosine_down", cfg_min=4.0)
+def _ksampler_patches(b: Builder, model: Link, clip: Link) -> Link:
+    model = _scale_schedule(b, model, curve="cosine_down", cfg_min=4.0)
     model = _dynamic_threshold(b, model, mimic_scale=6.0)
-    model = _extra_negative(b, model, [ckpt, 1])
-    latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    return _ksample_and_save(b, "steer_ksampler", model, pos, neg, latent, [ckpt, 2], cfg=10.0)
+    return _extra_negative(b, model, clip)
 
 
-def steer_sd3_flow() -> Graph:
-    """A flow model (SD3-type, separate diffusion model / text encoder / VAE files) with KSampler: cfg 5 easing to 1.5
-    (cosine) and the last fifth of the steps unguided, which only costs positive passes."""
-    b = _Builder()
-    unet = b.add("UNETLoader", unet_name=SD3_UNET, weight_dtype="default")
-    clip = b.add("CLIPLoader", clip_name=SD3_CLIP, type="sd3", device="default")
-    vae = b.add("VAELoader", vae_name=SD3_VAE)
-    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[clip, 0])
-    neg = b.add("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=[clip, 0])
-    model = _scale_schedule(b, [unet, 0], curve="cosine_down", cfg_min=1.5)
-    model = _cfg_skip(b, model, mode="percent", start_percent=0.0, end_percent=0.8)
-    latent = b.add("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)
-    return _ksample_and_save(b, "steer_sd3_flow", model, pos, neg, latent, [vae, 0], cfg=5.0, scheduler="simple")
+def _sd3_patches(b: Builder, model: Link, clip: Link) -> Link:
+    model = _scale_schedule(b, model, curve="cosine_down", cfg_min=1.5)
+    return _cfg_skip(b, model, mode="percent", start_percent=0.0, end_percent=0.8)
 
 
-def steer_pag() -> Graph:
-    """Perturbed-attention guidance as in the paper (scale 3 on the middle block, with cfg 4), computed in the same
-    model call as the positive and negative."""
-    return _sd15_custom_sampler("steer_pag", 4.0, lambda b, model, clip: _pag(b, model))
+LOW_QUALITY = "blurry, low quality, jpeg artifacts"
+TRY = "\n\n**Try:** "
 
 
-def steer_pag_cfg_skip() -> Graph:
-    """PAG until 70 % of the run (later it stripes ancestral samplers), CFG only from 30 % on: early steps compute
-    the positive and its perturbed copy, late ones the positive and negative, the middle all three in one call."""
-    return _sd15_custom_sampler("steer_pag_cfg_skip", 5.0, lambda b, model, clip: _cfg_skip(
-        b, _pag(b, model, end_percent=0.7), mode="percent", start_percent=0.3, end_percent=1.0))
-
-
-def steer_cfg_pp() -> Graph:
-    """CFG++ through SteerGuider: the SteerCFGPPSampler (dpmpp_2m) renoises with the unconditional prediction, so the
-    guider's cfg is CFG++'s λ — 0.8 here, where plain CFG would need about 6–12."""
-    return _sd15_custom_sampler("steer_cfg_pp", 0.8, _no_patches, sampler=lambda b: b.add(
-        "SteerCFGPPSampler", sampler_name="dpmpp_2m", eta=1.0, s_noise=1.0))
-
-
-def steer_cfg_pp_ksampler() -> Graph:
-    """CFG++ from the plain KSampler: pick a steer_*_cfg_pp sampler (here euler ancestral) and set cfg to λ (1.0);
-    a scale schedule on the model eases λ from 1.0 to 0.6."""
-    b = _Builder()
-    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[ckpt, 1])
-    neg = b.add("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=[ckpt, 1])
-    model = _scale_schedule(b, [ckpt, 0], curve="linear_down", cfg_min=0.6)
-    latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    return _ksample_and_save(b, "steer_cfg_pp_ksampler", model, pos, neg, latent, [ckpt, 2], cfg=1.0,
-                             sampler_name="steer_euler_ancestral_cfg_pp")
-
-
-def steer_sweep() -> Graph:
-    """cfg 4, 8, 12 and 16 from one seed, with dynamic thresholding (mimic 7) and without it: the grid shows where
-    plain CFG starts to burn and what thresholding keeps of it."""
-    b = _Builder()
-    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    pos = b.add("CLIPTextEncode", "Positive prompt", text=POSITIVE, clip=[ckpt, 1])
-    neg = b.add("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=[ckpt, 1])
+def steer_sweep(family: Family) -> Graph:
+    """CheckpointLoaderSimple → SteerDynamicThreshold (mimic 7) → SteerSweep over cfg 4, 8, 12, 16 from one seed,
+    with the Steer patches (top row) and without them (bottom row) → SaveImage of the labelled grid."""
+    b = Builder()
+    ckpt, pos, neg, latent = _loaded(b, family, NEGATIVE)
     model = _dynamic_threshold(b, [ckpt, 0], mimic_scale=7.0)
-    latent = b.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    grid = b.add("SteerSweep", model=model, seed=SEED, steps=STEPS, sampler_name="euler", scheduler="normal",
-                 positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0], vae=[ckpt, 2], denoise=1.0,
-                 scales="4, 8, 12, 16", compare_without_steer=True)
+    grid = b.add("SteerSweep", model=model, seed=SEED, steps=family.steps, sampler_name="euler",
+                 scheduler=family.scheduler, positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0],
+                 vae=[ckpt, 2], denoise=1.0, scales="4, 8, 12, 16", compare_without_steer=True)
     b.add("SaveImage", images=[grid, 0], filename_prefix="steer_sweep")
     return b.graph
 
 
-EXAMPLES: dict[str, Callable[[], Graph]] = {build.__name__: build for build in (
-    steer_cfg, steer_scale_schedule, steer_dynamic_threshold, steer_cfg_skip, steer_negative, steer_all_four,
-    steer_ksampler, steer_sd3_flow, steer_pag, steer_pag_cfg_skip, steer_cfg_pp, steer_cfg_pp_ksampler, steer_sweep)}
+EXAMPLES: dict[str, Example] = {example.key: example for example in (
+    Example(
+        "steer_cfg", "Steer 01 - Guider vs core CFG (SD1.5)", SD15,
+        "## SteerGuider is core CFG, bit for bit\nThe bottom image comes from **Steer Guider**, the top one from "
+        "ComfyUI's own **CFGGuider**, same seed, cfg 7: they are identical. Steer only changes what you ask it to "
+        "change; every other Steer example starts from here." + TRY + "add a Steer patch (right-click › Add Node › "
+        "sampling › steer) between the checkpoint and Steer Guider.",
+        lambda f: custom_sampler("steer_cfg", f, 7.0, _no_patches)),
+    Example(
+        "steer_scale_schedule", "Steer 02 - Scale schedule (SDXL)", SDXL,
+        "## A guidance scale that changes over the run\nStrong guidance while the composition forms, gentle while "
+        "details are drawn: **Steer Scale Schedule** takes the scale from cfg 12 at the first step down to "
+        "`cfg_min` 4 at the last (the node draws the curve). Top: constant cfg 12." + TRY + "`cosine_down`, or "
+        "`linear_up` with cfg_min 1 (Wang et al. 2024 found rising schedules help); the `custom` curve takes one "
+        "scale per step.",
+        lambda f: custom_sampler("steer_scale_schedule", f, 12.0,
+                                 lambda b, model, clip: _scale_schedule(b, model, curve="linear_down", cfg_min=4.0))),
+    Example(
+        "steer_dynamic_threshold", "Steer 03 - High cfg, no burn (SD1.5)", SD15,
+        "## High cfg without burnt colours\nTop: cfg 15 as is, over-saturated. Bottom: the same cfg 15 with "
+        "**Steer Dynamic Threshold** (latent mode) rescaling each step's result to the spread cfg 7 would give, so "
+        "the prompt is followed as at 15 and the colours stay as at 7." + TRY + "mimic_scale 5–9; "
+        "threshold_percentile 0.95 for a softer clamp.",
+        lambda f: custom_sampler("steer_dynamic_threshold", f, 15.0,
+                                 lambda b, model, clip: _dynamic_threshold(b, model, mimic_scale=7.0))),
+    Example(
+        "steer_cfg_skip", "Steer 04 - CFG skip (SDXL)", SDXL,
+        "## Guide only where it helps, and skip the negative elsewhere\n**Steer CFG Skip** in `sigma` mode: "
+        "guidance only for sigma in (0.28, 5.42], the SDXL interval of Kynkäänniemi et al. 2024; the other steps "
+        "compute the positive alone (half the work). Top: cfg 7 on every step." + TRY + "`percent` mode with "
+        "start 0.4 (skip the first 40 %), or `adaptive` (stop guiding once positive and negative agree).",
+        lambda f: custom_sampler("steer_cfg_skip", f, 7.0, lambda b, model, clip: _cfg_skip(
+            b, model, mode="sigma", sigma_high=5.42, sigma_low=0.28))),
+    Example(
+        "steer_negative", "Steer 05 - Extra negative (SD1.5)", SD15,
+        "## A second negative prompt, in the same model call\n**Steer Extra Negative** adds \"watermark, text, "
+        "signature\" at 0.8, taking only the part that does not fight the positive (perpendicular). Top: the first "
+        "negative prompt alone." + TRY + "mode `subtract` (plain extra CFG term); scale 0.5–1.5; chain several "
+        "Steer Extra Negative nodes.",
+        lambda f: custom_sampler("steer_negative", f, 7.0, lambda b, model, clip: _extra_negative(b, model, clip),
+                                 negative=LOW_QUALITY)),
+    Example(
+        "steer_pag", "Steer 06 - PAG (SD1.5)", SD15,
+        "## PAG in the same batch as CFG\n**Steer PAG** (Ahn et al. 2024) also runs the positive with "
+        "self-attention switched off in the middle block and steers away from that blurred guess: sharper "
+        "structure at a low cfg. Computed in the same model call as positive and negative. Top: cfg 4 alone."
+        + TRY + "scale 2–5; blocks `input.8, middle.0`; end_percent 0.7 with ancestral samplers.",
+        lambda f: custom_sampler("steer_pag", f, 4.0, lambda b, model, clip: _pag(b, model))),
+    Example(
+        "steer_cfg_pp", "Steer 07 - CFG++ sampler (SD1.5)", SD15,
+        "## CFG++: guidance that stays on the image manifold\nWith **Steer CFG++ Sampler** (dpmpp_2m) the guider's "
+        "cfg is CFG++'s λ in 0–1: here 0.8. Top: plain CFG 7 with the ordinary dpmpp_2m, for comparison."
+        + TRY + "λ 0.4–1.0; euler_ancestral for more variety.",
+        lambda f: custom_sampler("steer_cfg_pp", f, 0.8, _no_patches, sampler=lambda b: b.add(
+            "SteerCFGPPSampler", sampler_name="dpmpp_2m", eta=1.0, s_noise=1.0)),
+        plain={"cfg": 7.0, "sampler_name": "dpmpp_2m"}),
+    Example(
+        "steer_ksampler", "Steer 08 - With KSampler (SD1.5)", SD15,
+        "## Steer from the KSampler you already use\nSteer's patches sit on the MODEL, so any sampler node uses "
+        "them: cfg 10 easing to 4 (cosine), thresholded to cfg 6's spread, and an extra negative. Top: the same "
+        "KSampler on the unpatched model." + TRY + "drop the patches into your own workflow between the loader "
+        "(or LoRA) and the KSampler.",
+        lambda f: ksampler("steer_ksampler", f, 10.0, _ksampler_patches, negative=LOW_QUALITY)),
+    Example(
+        "steer_cfg_pp_ksampler", "Steer 09 - CFG++ in KSampler (SDXL)", SDXL,
+        "## CFG++ without changing your sampler node\nPick a `steer_*_cfg_pp` sampler in the KSampler and set cfg "
+        "to λ (1.0 here); a scale schedule eases λ to 0.6. Top: euler_ancestral at cfg 7." + TRY
+        + "`steer_dpmpp_2m_cfg_pp`; λ 0.6–1.0.",
+        lambda f: ksampler("steer_cfg_pp_ksampler", f, 1.0, lambda b, model, clip: _scale_schedule(
+            b, model, curve="linear_down", cfg_min=0.6), sampler_name="steer_euler_ancestral_cfg_pp"),
+        plain={"cfg": 7.0, "sampler_name": "euler_ancestral"}),
+    Example(
+        "steer_pag_cfg_skip", "Steer 10 - PAG early, CFG late (SDXL)", SDXL,
+        "## Fewer model rows: each method only where it pays\nPAG until 70 % of the run, CFG only from 30 % on: "
+        "early steps compute positive + perturbed, late ones positive + negative, the middle all three in one "
+        "call. Top: cfg 5 on every step." + TRY + "move the two windows; watch the bars the nodes draw.",
+        lambda f: custom_sampler("steer_pag_cfg_skip", f, 5.0, lambda b, model, clip: _cfg_skip(
+            b, _pag(b, model, end_percent=0.7), mode="percent", start_percent=0.3, end_percent=1.0))),
+    Example(
+        "steer_all_four", "Steer 11 - Four patches (SDXL)", SDXL,
+        "## Four patches on one model\ncfg 12 easing to 5 (cosine), thresholded to cfg 7's spread, the last "
+        "fifth of the steps unguided, and an extra perpendicular negative — all in one batched call per step. "
+        "Top: constant cfg 12." + TRY + "bypass one patch at a time (Ctrl+B) to see what each adds.",
+        lambda f: custom_sampler("steer_all_four", f, 12.0, _all_four, negative=LOW_QUALITY)),
+    Example(
+        "steer_sd3_flow", "Steer 12 - Flow model (SD3.5)", SD35,
+        "## Steer on a flow model (SD3.5)\nKSampler at cfg 5 easing to 1.5 (cosine), and the last fifth of the "
+        "steps unguided (positive only). Top: constant cfg 5. Flux dev is guidance-distilled (no negative pass), "
+        "so CFG methods do not apply to it." + TRY + "SD3.5 medium; cfg 3.5–5.",
+        lambda f: ksampler("steer_sd3_flow", f, 5.0, _sd3_patches)),
+    Example(
+        "steer_sweep", "Steer 13 - Cfg sweep (SD1.5)", SD15,
+        "## Find the cfg: one seed, several scales, with and without Steer\n**Steer Sweep** samples cfg 4, 8, 12 "
+        "and 16 from the same seed, once through the Steer patches on its model (top row: Steer Dynamic Threshold "
+        "to cfg 7's spread) and once without them (bottom row: plain CFG), and saves one labelled grid. The grid "
+        "is its own same-seed comparison." + TRY + "your own comma-separated scales (each up to 100); "
+        "compare_without_steer off for one row; any Steer patch chain on the model.",
+        steer_sweep, compare=False),
+)}
 
 
 def main() -> None:
-    """Regenerate every file in example_workflows/ from EXAMPLES."""
+    """Regenerate example_workflows/: every example's UI file and thumbnail; files of examples gone are removed."""
+    from testbed.server import ComfyServer
+    from testbed.showcase import showcase
+    from testbed.thumbnails import write_thumbnail
+
     with tempfile.TemporaryDirectory() as scratch, ComfyServer(Path(scratch)) as server:
         object_info = server.object_info()
     EXAMPLES_DIR.mkdir(exist_ok=True)
-    for name, build in EXAMPLES.items():
-        path = EXAMPLES_DIR / f"{name}.json"
-        path.write_text(json.dumps(api_to_ui(build(), object_info), indent=2, ensure_ascii=False) + "\n")
-        print(path)
+    wanted = {example.path.name for example in EXAMPLES.values()}
+    for stale in EXAMPLES_DIR.iterdir():
+        if stale.suffix in (".json", ".jpg") and stale.with_suffix(".json").name not in wanted:
+            stale.unlink()
+    for example in EXAMPLES.values():
+        example.path.write_text(json.dumps(showcase(example, object_info), indent=2, ensure_ascii=False) + "\n")
+        write_thumbnail(example, example.path.with_suffix(".jpg"))
+        print(example.path)
 
 
 if __name__ == "__main__":

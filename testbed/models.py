@@ -39,6 +39,8 @@ CLIP_L = "text_encoders/steer_tiny_clip_l.safetensors"
 TAESD = "vae/steer_tiny_taesd.safetensors"
 SD3_MMDIT = "diffusion_models/steer_tiny_sd3.safetensors"
 TAESD3 = "vae/steer_tiny_taesd3.safetensors"
+WAN21 = "diffusion_models/steer_tiny_wan21.safetensors"
+SD3_CHECKPOINT = "checkpoints/steer_tiny_sd3.safetensors"  # what the SD3.5 example's checkpoint becomes in tests
 SD15_CONTROLNET = "controlnet/steer_tiny_sd15_controlnet.safetensors"
 
 # Weight scales, measured so that two different prompts give clearly different x0 predictions (||D_c - D_u|| is
@@ -201,6 +203,31 @@ def sd3_mmdit_weights() -> dict[str, torch.Tensor]:
     return random_weights(mmdit, "sd3_mmdit", overrides=overrides)
 
 
+# Detected as Wan 2.1 text-to-video from the shapes: dim 128 gives one head (dim // 128), text_dim 4096 is fixed.
+WAN21_CONFIG: dict[str, Any] = {
+    "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "dim": 128, "ffn_dim": 64, "freq_dim": 256,
+    "text_dim": 4096, "out_dim": 16, "num_heads": 1, "num_layers": 1, "window_size": (-1, -1), "qk_norm": True,
+    "cross_attn_norm": True, "eps": 1e-6,
+}
+
+
+@cache
+def wan21_weights() -> dict[str, torch.Tensor]:
+    """A one-block Wan 2.1 text-to-video model that detection identifies as WAN21_T2V (flow, 5-D latents), fp32.
+    Its RMSNorms start at identity; its modulation tables are small, like embeddings."""
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    wan = WanModel(**WAN21_CONFIG, device="meta", operations=comfy.ops.disable_weight_init)
+    overrides = {}
+    for key, entry in wan.state_dict().items():
+        if key.endswith("modulation"):
+            overrides[key] = _randn(tuple(entry.shape), f"wan21:{key}", EMBEDDING_STD)
+        elif key.endswith((".norm_q.weight", ".norm_k.weight")):
+            overrides[key] = torch.ones(entry.shape)
+    return random_weights(wan, "wan21", overrides=overrides)
+
+
 @cache
 def sd15_controlnet_weights() -> dict[str, torch.Tensor]:
     """A ControlNet for the tiny SD1.5 UNet (ControlNetLoader detects it from the same shapes), RGB hint, fp32. Its
@@ -227,6 +254,15 @@ def _sd15_checkpoint() -> dict[str, torch.Tensor]:
     }
 
 
+def _sd3_checkpoint() -> dict[str, torch.Tensor]:
+    """All-in-one SD3 checkpoint (MMDiT, CLIP-L only, 16-channel TAESD), shaped like sd3.5_large_fp8_scaled."""
+    return {
+        **_prefixed("model.diffusion_model.", sd3_mmdit_weights()),
+        **_prefixed("text_encoders.clip_l.transformer.", clip_l_weights()),
+        **_prefixed("first_stage_model.", taesd_weights(16, 1.5305, 0.0609)),
+    }
+
+
 BUILDERS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
     SD15_CHECKPOINT: _sd15_checkpoint,
     SD15_UNET: sd15_unet_weights,
@@ -234,6 +270,8 @@ BUILDERS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
     TAESD: lambda: taesd_weights(4, 0.18215, 0.0),
     SD3_MMDIT: sd3_mmdit_weights,
     TAESD3: lambda: taesd_weights(16, 1.5305, 0.0609),
+    WAN21: wan21_weights,
+    SD3_CHECKPOINT: _sd3_checkpoint,
     SD15_CONTROLNET: sd15_controlnet_weights,
 }
 

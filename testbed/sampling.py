@@ -30,6 +30,26 @@ def steer_guider(node, model, bed, cfg: float):
     return node.execute(model, bed.positive, bed.negative, cfg).result[0]
 
 
+class FormulaGuider(comfy.samplers.CFGGuider):
+    """An independent reference guider: core's calc_cond_batch for [positive, negative, *extra], then the method's
+    formula as a test writes it. `formula(outputs, step, steps, x)` gets [D_c, D_u, *D_extra] and the schedule step
+    of an evaluation (the nearest schedule sigma: right for one-evaluation samplers such as Euler)."""
+
+    def __init__(self, model, bed, formula, extra: tuple = ()):
+        super().__init__(model)
+        self.inner_set_conds({"positive": bed.positive, "negative": bed.negative}
+                             | {f"extra{i}": cond for i, cond in enumerate(extra)})
+        self.formula, self.extra_count = formula, len(extra)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
+        schedule = model_options["transformer_options"]["sample_sigmas"].tolist()
+        step = min(range(len(schedule)), key=lambda i: abs(schedule[i] - float(timestep[0])))
+        conds = [self.conds["positive"], self.conds["negative"]]
+        conds += [self.conds[f"extra{i}"] for i in range(self.extra_count)]
+        outputs = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        return self.formula(outputs, step, len(schedule) - 1, x)
+
+
 def run(guider, sampler_name: str, latent: torch.Tensor, steps: int = 6, seed: int = 1) -> torch.Tensor:
     """Sample `latent` with `guider` and a named k-diffusion sampler (no node plumbing around it)."""
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -45,13 +65,16 @@ def ksampler(model, positive, negative, cfg: float, sampler_name: str, latent: t
     return out["samples"]
 
 
-def custom_advanced(guider, sampler_name: str, latent: torch.Tensor, steps: int = 6, seed: int = 1,
-                    scheduler: str = "normal", denoise: float = 1.0) -> torch.Tensor:
-    """SamplerCustomAdvanced with RandomNoise, KSamplerSelect and BasicScheduler, as a workflow runs them."""
+def custom_advanced(guider, sampler_name, latent: torch.Tensor, steps: int = 6, seed: int = 1,
+                    scheduler: str = "normal", denoise: float = 1.0,
+                    noise_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SamplerCustomAdvanced with RandomNoise, KSamplerSelect (or a SAMPLER given instead of a name) and
+    BasicScheduler, as a workflow runs them; `noise_mask` as SetLatentNoiseMask puts it on the latent."""
     noise = RandomNoise.execute(seed).result[0]
-    sampler = KSamplerSelect.execute(sampler_name).result[0]
+    sampler = KSamplerSelect.execute(sampler_name).result[0] if isinstance(sampler_name, str) else sampler_name
     schedule = BasicScheduler.execute(guider.model_patcher, scheduler, steps, denoise).result[0]
-    return SamplerCustomAdvanced.execute(noise, guider, sampler, schedule, {"samples": latent}).result[0]["samples"]
+    latent_image = {"samples": latent} | ({"noise_mask": noise_mask} if noise_mask is not None else {})
+    return SamplerCustomAdvanced.execute(noise, guider, sampler, schedule, latent_image).result[0]["samples"]
 
 
 @contextlib.contextmanager

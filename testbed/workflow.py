@@ -53,12 +53,17 @@ def control_values(name: str, spec: Spec) -> int:
     return 2 if input_type(spec) == "COMBO" and control else 0
 
 
+def combo_options(spec: Spec) -> list[Any]:
+    """The choices of a COMBO input (a list in V1 definitions, options["options"] in V3 ones)."""
+    return spec[0] if isinstance(spec[0], list) else _options(spec).get("options", [])
+
+
 def default_value(spec: Spec) -> Any:
     """The value a freshly created widget holds."""
     options = _options(spec)
     if "default" in options:
         return options["default"]
-    choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+    choices = combo_options(spec)
     return choices[0] if choices else {"INT": 0, "FLOAT": 0.0, "BOOLEAN": False}.get(input_type(spec), "")
 
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -19,11 +20,13 @@ from testbed import run_example
 from testbed.comfy import BASE, ROOT
 from testbed.examples import EXAMPLES, EXAMPLES_DIR
 from testbed.server import ComfyServer
+from testbed.swap import for_testbed, steer_branch
 from testbed.workflow import api_to_ui, input_specs, ui_to_api
 
 PROMPT_TIMEOUT = 300.0  # a guard against a hung server, never a speed requirement
-EXAMPLE = EXAMPLES_DIR / "steer_cfg.json"
+EXAMPLE = EXAMPLES["steer_cfg"].path
 EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.json"))
+FILES = {example.path: key for key, example in EXAMPLES.items()}
 STEER_NODES = ("SteerGuider", "SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative")
 
 
@@ -47,8 +50,10 @@ def pack() -> str:
 
 @pytest.fixture(scope="module")
 def workflows(object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every file in example_workflows/ as the API prompt the web UI would queue, by name."""
-    return {path.stem: ui_to_api(json.loads(path.read_text()), object_info) for path in EXAMPLE_FILES}
+    """The Steer side of every file in example_workflows/ as the API prompt the web UI would queue, by example key,
+    swapped onto the test bed's tiny models (64², 8 steps)."""
+    return {FILES[path]: for_testbed(steer_branch(ui_to_api(json.loads(path.read_text()), object_info)))
+            for path in EXAMPLE_FILES}
 
 
 @pytest.fixture(scope="module")
@@ -190,22 +195,24 @@ def test_steer_node_definitions(object_info: dict[str, Any], pack: str) -> None:
 
 def test_example_files_are_the_defined_examples() -> None:
     """example_workflows/ holds exactly what testbed/examples.py defines (run `python -m testbed.examples`)."""
-    assert [path.stem for path in EXAMPLE_FILES] == sorted(EXAMPLES)
+    assert set(EXAMPLE_FILES) == set(FILES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_is_what_testbed_examples_defines(workflows: dict[str, dict[str, Any]], name: str) -> None:
-    """The UI file converts back with ui_to_api to its definition (after editing that, run
+    """The UI file's Steer side converts back with ui_to_api to its definition (after editing that, run
     `python -m testbed.examples`)."""
+    example = EXAMPLES[name]
+    defined = for_testbed(example.build(example.family))
     assert {key: (node["class_type"], node["inputs"]) for key, node in workflows[name].items()} == {
-        key: (node["class_type"], node["inputs"]) for key, node in EXAMPLES[name]().items()}
+        key: (node["class_type"], node["inputs"]) for key, node in defined.items()}
 
 
 def test_examples_are_served_as_templates(server: ComfyServer, pack: str) -> None:
     status, templates = server.get("/workflow_templates")
     assert status == 200 and sorted(templates[pack]) == [path.stem for path in EXAMPLE_FILES]
     for path in EXAMPLE_FILES:
-        status, served = server.get(f"/api/workflow_templates/{pack}/{path.name}")
+        status, served = server.get(f"/api/workflow_templates/{pack}/{quote(path.name)}")
         assert status == 200 and served == json.loads(path.read_text()), path.name
 
 
@@ -244,13 +251,14 @@ def test_patches_change_the_image(server: ComfyServer, workflows: dict[str, dict
 def test_widget_fed_by_a_link_round_trips(object_info: dict[str, Any]) -> None:
     """A widget input driven by another node (noise_seed from PrimitiveInt, both with a control value) survives
     api_to_ui → ui_to_api, and the UI file lists it as a linked widget slot."""
-    prompt = EXAMPLES["steer_cfg"]()
+    prompt = EXAMPLES["steer_cfg"].build(EXAMPLES["steer_cfg"].family)
     prompt["12"] = {"class_type": "PrimitiveInt", "inputs": {"value": 7}}
     prompt[node_id(prompt, "RandomNoise")]["inputs"]["noise_seed"] = ["12", 0]
     workflow = api_to_ui(prompt, object_info)
     (noise,) = (node for node in workflow["nodes"] if node["type"] == "RandomNoise")
     (slot,) = noise["inputs"]
-    assert slot["widget"] == {"name": "noise_seed"} and workflow["links"][slot["link"] - 1][1:5] == [12, 0, 5, 0]
+    noise_id = int(node_id(prompt, "RandomNoise"))
+    assert slot["widget"] == {"name": "noise_seed"} and workflow["links"][slot["link"] - 1][1:5] == [12, 0, noise_id, 0]
     assert {key: (node["class_type"], node["inputs"]) for key, node in ui_to_api(workflow, object_info).items()} == {
         key: (node["class_type"], node["inputs"]) for key, node in prompt.items()}
 
@@ -314,10 +322,14 @@ def test_cfg_skip_interval_backwards_is_refused_when_queued(server: ComfyServer,
 
 
 def test_run_example_prints_the_pngs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """What scripts/run.sh does after setup: a fresh server runs the example and the PNG paths go to stdout."""
+    """What scripts/run.sh does after setup: a fresh server runs the example on the tiny models and the PNG paths go
+    to stdout (the saved Steer image in --output; the plain-CFG preview went to ComfyUI's temp folder, which it
+    empties when it stops)."""
     assert run_example.main([str(EXAMPLE), "--output", str(tmp_path)]) == 0
-    (line,) = capsys.readouterr().out.splitlines()
-    assert Path(line).parent == tmp_path and Path(line).name.startswith("steer_cfg") and Path(line).suffix == ".png"
+    lines = [Path(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and all(path.suffix == ".png" for path in lines)
+    (saved,) = (path for path in lines if path.parent == tmp_path)
+    assert saved.name.startswith("steer_cfg") and saved.is_file()
 
 
 # --- SteerSweep and SteerTrace through the API ----------------------------------------------------------------------
@@ -354,7 +366,8 @@ def test_sweep_refuses_bad_scale_lists(server: ComfyServer, workflows: dict[str,
 def traced(cfg: float, prefix: str) -> dict[str, Any]:
     """steer_ksampler's patched model through SteerTrace into KSampler; the image and SteerTracePlot's chart of the
     run (from KSampler's LATENT) are saved as <prefix>_image / <prefix>_trace."""
-    prompt = edited(EXAMPLES["steer_ksampler"](), "KSampler", cfg=cfg)
+    example = EXAMPLES["steer_ksampler"]
+    prompt = edited(for_testbed(example.build(example.family)), "KSampler", cfg=cfg)
     sampler = node_id(prompt, "KSampler")
     first = max(map(int, prompt)) + 1
     trace, plot, save = (str(first + i) for i in range(3))

@@ -13,6 +13,7 @@ import torch
 from comfy_extras.nodes_custom_sampler import DualCFGGuider
 from comfy_extras.nodes_model_advanced import RescaleCFG
 
+from testbed.sampling import FormulaGuider as Reference
 from testbed.sampling import core_guider, custom_advanced, ksampler, model_calls, run, sigmas, steer_guider
 
 
@@ -28,27 +29,6 @@ def patch(steer_nodes):
         return cls.execute(model, **values).result[0]
 
     return apply
-
-
-class Reference(comfy.samplers.CFGGuider):
-    """An independent reference guider: core's calc_cond_batch for the branches, the method's formula given here.
-
-    `formula(outputs, step, steps, x)` gets [D_c, D_u, *extra] and the schedule step of an Euler evaluation.
-    """
-
-    def __init__(self, model, bed, formula, extra: tuple = ()):
-        super().__init__(model)
-        self.inner_set_conds({"positive": bed.positive, "negative": bed.negative}
-                             | {f"extra{i}": cond for i, cond in enumerate(extra)})
-        self.formula, self.extra_count = formula, len(extra)
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
-        schedule = model_options["transformer_options"]["sample_sigmas"].tolist()
-        step = min(range(len(schedule)), key=lambda i: abs(schedule[i] - float(timestep[0])))
-        conds = [self.conds["positive"], self.conds["negative"]]
-        conds += [self.conds[f"extra{i}"] for i in range(self.extra_count)]
-        outputs = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        return self.formula(outputs, step, len(schedule) - 1, x)
 
 
 # --- rows per call -------------------------------------------------------------------------------------------------
@@ -288,7 +268,7 @@ def test_a_guider_that_bypasses_the_protocol_gets_a_warning(inprocess_bed, patch
     guider = DualCFGGuider.execute(model, bed.positive, bed.negative, bed.negative, 5.0, 5.0, "regular").result[0]
     with caplog.at_level(logging.WARNING):
         run(guider, "euler", bed.latent(1), steps=2)
-    assert "Guider_DualCFG" in caplog.text and "not applied" in caplog.text
+    assert "Guider_DualCFG" in caplog.text and "drops the Steer patches" in caplog.text
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------

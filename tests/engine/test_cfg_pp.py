@@ -6,7 +6,19 @@ import math
 import pytest
 import torch
 
-from guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dpmpp_2s_midpoint, dpmpp_2s_stage
+from guiders.cfg_pp import (
+    Evaluation,
+    Level,
+    ancestral_levels,
+    ddim_step,
+    dpmpp_2m_step,
+    dpmpp_2s_midpoint,
+    dpmpp_2s_stage,
+    dpmpp_sde_noise_std,
+    dpmpp_sde_step,
+    gradient_estimation_step,
+    res_multistep_step,
+)
 
 # (previous σ, σ_s, σ_t) triples: large EPS sigmas and flow sigmas in (0, 1).
 EPS_SIGMAS = [(20.0, 14.6, 9.7), (3.0, 2.0, 1.1), (0.5, 0.3, 0.03)]
@@ -168,3 +180,148 @@ def test_from_pure_noise_on_flow(tensors):
     down, sigma_up = ancestral_levels(s, t, 1.0)
     close(down.sigma, t64(0.0))
     close(sigma_up, t.sigma)
+
+
+# --- the samplers added later: every step is its plain solver's step from x̃_s = x_s + α_s·(D_λ − D_u) -----------------
+
+PATH_SIGMAS = [(eps, sigmas) for sigmas in EPS_SIGMAS] + [(flow, sigmas) for sigmas in FLOW_SIGMAS]
+
+
+def comfy_res_multistep(x, denoised, old_denoised, sigma_prev, sigma_s, sigma_down, old_sigma_down, uncond=None):
+    """res_multistep's second-order step (α = 1), plain, or with `uncond` its cfg_pp form, as ComfyUI writes them."""
+    t, t_old, t_next, t_prev = (-math.log(v) for v in (sigma_s, old_sigma_down, sigma_down, sigma_prev))
+    h = t_next - t
+    c2 = (t_prev - t_old) / h
+    phi1 = math.expm1(-h) / -h
+    phi2 = (phi1 - 1) / -h
+    b1, b2 = phi1 - phi2 / c2, phi2 / c2
+    if uncond is None:
+        return math.exp(-h) * x + h * (b1 * denoised + b2 * old_denoised)
+    return math.exp(-h) * (x + (denoised - uncond)) + h * (b1 * uncond + b2 * old_denoised)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("sigmas", EPS_SIGMAS)
+def test_eps_res_multistep_is_comfyuis_plain_step_at_the_cfg_pp_point(tensors, sigmas, eta):
+    x, denoised, uncond, _, previous_uncond = tensors
+    sigma_r, sigma_s, sigma_t = sigmas
+    r, s = eps(sigma_r), eps(sigma_s)
+    previous_down, _ = ancestral_levels(r, s, eta)
+    down, _ = ancestral_levels(s, eps(sigma_t), eta)
+    previous = (previous_uncond, previous_down.half_log_snr - r.half_log_snr)
+    x_cfg_pp = x + (denoised - uncond)
+    expected = comfy_res_multistep(x_cfg_pp, denoised, previous_uncond, sigma_r, sigma_s, float(down.sigma),
+                                   float(previous_down.sigma))
+    close(res_multistep_step(x, denoised, uncond, s, down, previous), expected)
+    close(res_multistep_step(x, denoised, denoised, s, down, previous),
+          comfy_res_multistep(x, denoised, previous_uncond, sigma_r, sigma_s, float(down.sigma),
+                              float(previous_down.sigma)))
+
+
+@pytest.mark.parametrize("sigmas", EPS_SIGMAS)
+def test_comfyuis_res_multistep_cfg_pp_integrates_the_uncond(tensors, sigmas):
+    """A multistep step whose history agrees with the x0 it integrates is its first-order step: Steer's RES (like
+    ComfyUI's and Steer's 2M CFG++) reduces to CFG++ DDIM, ComfyUI's res_multistep_cfg_pp misses by h·b1·(D_λ − D_u)."""
+    x, denoised, uncond, *_ = tensors
+    sigma_r, sigma_s, sigma_t = sigmas
+    r, s, t = eps(sigma_r), eps(sigma_s), eps(sigma_t)
+    previous = (denoised, s.half_log_snr - r.half_log_snr)
+    first_order = ddim_step(x, denoised, uncond, s, t)
+    close(res_multistep_step(x, denoised, uncond, s, t, previous), first_order)
+    close(dpmpp_2m_step(x, denoised, uncond, s, t, (denoised, r)), first_order)
+    comfy = comfy_res_multistep(x, denoised, denoised, sigma_r, sigma_s, sigma_t, sigma_s, uncond=uncond)
+    assert (comfy - first_order).abs().max() > 0.1 * (denoised - uncond).abs().max()
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 2.5])
+@pytest.mark.parametrize("sigmas", EPS_SIGMAS)
+def test_eps_gradient_estimation_is_comfyuis(tensors, sigmas, gamma):
+    x, denoised, uncond, _, previous_d = tensors
+    _, sigma_s, sigma_t = sigmas
+    d = (x - uncond) / sigma_s  # sample_gradient_estimation, cfg_pp=True
+    expected = denoised + d * sigma_t + (gamma - 1) * (d - previous_d) * (sigma_t - sigma_s)
+    x_t, derivative = gradient_estimation_step(x, denoised, uncond, eps(sigma_s), t64(sigma_t), previous_d, gamma)
+    close(x_t, expected)
+    close(derivative, d)
+
+
+@pytest.mark.parametrize(("path", "sigmas"), PATH_SIGMAS)
+def test_gradient_estimation_without_gamma_is_cfg_pp_ddim(tensors, path, sigmas):
+    """Euler in σ from x̃_s is DDIM on both paths: at γ = 1 the step is x_t = α_t·D_λ + σ_t·ε_u."""
+    x, denoised, uncond, _, previous_d = tensors
+    _, s, t = (path(sigma) for sigma in sigmas)
+    x_t, _ = gradient_estimation_step(x, denoised, uncond, s, t.sigma, previous_d, 1.0)
+    close(x_t, ddim_step(x, denoised, uncond, s, t))
+
+
+def comfy_dpmpp_sde(x, denoised, history, s: Level, t: Level, eta, solver):
+    """sample_dpmpp_2m_sde (history ≤ 1) / sample_dpmpp_3m_sde (solver "3m") without noise, α-aware as ComfyUI's."""
+    h = t.half_log_snr - s.half_log_snr
+    h_eta = h * (eta + 1)
+    x = t.sigma / s.sigma * (-h * eta).exp() * x + t.alpha * (-h_eta).expm1().neg() * denoised
+    phi_2 = h_eta.neg().expm1() / h_eta + 1
+    if len(history) == 2:
+        (denoised_1, h_1), (denoised_2, h_2) = history
+        r0, r1 = h_1 / h, h_2 / h
+        d1_0, d1_1 = (denoised - denoised_1) / r0, (denoised_1 - denoised_2) / r1
+        d1, d2 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1), (d1_0 - d1_1) / (r0 + r1)
+        return x + (t.alpha * phi_2) * d1 - (t.alpha * (phi_2 / h_eta - 0.5)) * d2
+    if history:
+        (old_denoised, h_last), = history
+        if solver == "midpoint":
+            return x + 0.5 * t.alpha * (-h_eta).expm1().neg() * (h / h_last) * (denoised - old_denoised)
+        return x + t.alpha * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (h / h_last) * (denoised - old_denoised)
+    return x
+
+
+@pytest.mark.parametrize("history_length", [0, 1, 2])
+@pytest.mark.parametrize("solver", ["midpoint", "heun"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize(("path", "sigmas"), PATH_SIGMAS)
+def test_dpmpp_sde_is_comfyuis_plain_step_at_the_cfg_pp_point(tensors, path, sigmas, eta, solver, history_length):
+    x, denoised, uncond, older, previous_uncond = tensors
+    sigma_q, sigma_s, sigma_t = sigmas
+    q, s, t = path(sigma_q), path(sigma_s), path(sigma_t)
+    history = [Evaluation(previous_uncond, s.half_log_snr - q.half_log_snr), Evaluation(older, t64(0.7))]
+    history = history[:history_length]
+    expected = comfy_dpmpp_sde(x + s.alpha * (denoised - uncond), denoised, history, s, t, eta, solver)
+    close(dpmpp_sde_step(x, denoised, uncond, s, t, eta, history, solver), expected)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize(("path", "sigmas"), PATH_SIGMAS)
+def test_dpmpp_sde_denoises_with_d_lambda_and_keeps_e_minus_eta_h_of_the_unconds_noise(tensors, path, sigmas, eta):
+    """First-order part `α_t·D_λ + σ_t·e^{−ηh}·ε_u`; with the fresh noise's std the noise level is σ_t again."""
+    x, denoised, uncond, *_ = tensors
+    _, s, t = (path(sigma) for sigma in sigmas)
+    h = t.half_log_snr - s.half_log_snr
+    epsilon_u = (x - s.alpha * uncond) / s.sigma
+    close(dpmpp_sde_step(x, denoised, uncond, s, t, eta, [], "midpoint"),
+          t.alpha * denoised + t.sigma * (-eta * h).exp() * epsilon_u)
+    close((t.sigma * (-eta * h).exp()) ** 2 + dpmpp_sde_noise_std(s, t, eta) ** 2, t.sigma**2)
+
+
+@pytest.mark.parametrize(("path", "sigmas"), PATH_SIGMAS)
+def test_dpmpp_2m_sde_at_eta_zero_is_dpmpp_2m(tensors, path, sigmas):
+    x, denoised, uncond, _, previous_uncond = tensors
+    r, s, t = (path(sigma) for sigma in sigmas)
+    history = [Evaluation(previous_uncond, s.half_log_snr - r.half_log_snr)]
+    close(dpmpp_sde_step(x, denoised, uncond, s, t, 0.0, history, "midpoint"),
+          dpmpp_2m_step(x, denoised, uncond, s, t, (previous_uncond, r)))
+
+
+@pytest.mark.parametrize("sigmas", FLOW_SIGMAS)
+def test_flow_multistep_steps_stay_on_the_path(tensors, sigmas):
+    """A perfect denoiser (the same x0 everywhere) keeps x on x = (1 − σ)·x0 + σ·n; the SDE steps keep the signal and
+    scale the noise by e^{−ηh}."""
+    x0, noise, *_ = tensors
+    sigma_r, sigma_s, sigma_t = sigmas
+    r, s, t = flow(sigma_r), flow(sigma_s), flow(sigma_t)
+    x_s = s.alpha * x0 + s.sigma * noise
+    h = t.half_log_snr - s.half_log_snr
+    close(res_multistep_step(x_s, x0, x0, s, t, (x0, s.half_log_snr - r.half_log_snr)),
+          t.alpha * x0 + t.sigma * noise)
+    history = [Evaluation(x0, s.half_log_snr - r.half_log_snr), Evaluation(x0, t64(0.4))]
+    for eta in (0.0, 1.0):
+        close(dpmpp_sde_step(x_s, x0, x0, s, t, eta, history, "heun"),
+              t.alpha * x0 + t.sigma * (-eta * h).exp() * noise)

@@ -1,0 +1,178 @@
+"""Every model family Steer supports, as a tiny deterministic model with a positive and a negative that differ.
+
+`load_family(name)` returns a `Family` for one of `FAMILIES`:
+
+| name     | what it is                                | how it is built                                               |
+|----------|-------------------------------------------|---------------------------------------------------------------|
+| `sd15`   | SD1.5, EPS                                | the test bed's checkpoint via ComfyUI's checkpoint loader     |
+| `sd15_v` | SD1.5 fine-tune with v-prediction         | the same + core ModelSamplingDiscrete (v_prediction)          |
+| `sdxl`   | SDXL, EPS, pooled / ADM conditioning      | in-process from comfy.supported_models.SDXL (see below)       |
+| `sd3`    | SD3 MMDiT, flow                           | the test bed's file via ComfyUI's diffusion-model loader      |
+| `flux`   | Flux-dev, flow with a guidance embedding  | in-process from comfy.supported_models.Flux (see below)       |
+| `wan`    | Wan 2.1 text-to-video, flow, 5-D latents  | the test bed's file via ComfyUI's diffusion-model loader      |
+
+SDXL and Flux cannot be files here: ComfyUI detects SDXL only with its full depth ([0, 0, 2, 2, 10, 10]
+transformers, 2.6 B parameters) and Flux only with hidden size 3072 (24 heads × 128). They are built from ComfyUI's
+own model config classes, as the loader would build them, with tiny sizes; their conds are hand-built tensors carrying
+what the text encoders would (SDXL: `pooled_output` of 1280 for the ADM vector; Flux: `pooled_output` and, through
+core's FluxGuidance node, `guidance` 3.5). Wan's text encoder (umT5-XXL) is far too big as well: hand-built conds.
+Call `testbed.comfy.import_comfy()` first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .comfy import MODELS
+from .models import (
+    CLIP_L,
+    SD3_MMDIT,
+    SD15_CHECKPOINT,
+    WAN21,
+    Conditioning,
+    random_weights,
+    unet_config,
+)
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+
+FAMILIES = ("sd15", "sd15_v", "sdxl", "sd3", "flux", "wan")
+
+POSITIVE_PROMPT = "a red apple on a wooden table, studio light"
+NEGATIVE_PROMPT = "blurry, low quality, watermark"
+THIRD_PROMPT = "oversaturated, cartoon"
+
+SDXL_CONTEXT_DIM = 64
+SDXL_POOLED_DIM = 1280  # fixed by ComfyUI's SDXL ADM: pooled 1280 + 6 size embeddings of 256 = 2816
+FLUX_CONFIG: dict[str, Any] = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 64,
+    "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+}
+FLUX_GUIDANCE = 3.5
+WAN_TEXT_DIM = 4096
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model of one family, a positive, a negative and a third prompt (an extra negative) for it, and the shape of
+    its latents."""
+
+    name: str
+    model: ModelPatcher
+    positive: Conditioning
+    negative: Conditioning
+    third: Conditioning
+    latent_shape: tuple[int, ...]  # one sample, without the batch dimension
+
+    @property
+    def channels(self) -> int:
+        return self.latent_shape[0]
+
+    def latent(self, batch: int = 1, size: int = 8) -> torch.Tensor:
+        """An empty latent of `batch` samples, `size`×`size` (Wan: 2 frames of that)."""
+        return torch.zeros(batch, *self.latent_shape[:-2], size, size)
+
+
+def hand_built_conds(tokens: int, width: int, seed: int, scale: float = 3.0, extras: dict[str, int] | None = None,
+                     count: int = 3) -> list[Conditioning]:
+    """`count` CONDITIONINGs `[[tensor [1, tokens, width], {extras}]]` (positive, negative, third), drawn from `seed`;
+    `extras` names pooled vectors to add (name → width). Scaled so that their predictions clearly differ."""
+    generator = torch.Generator().manual_seed(seed)
+    conds = []
+    for _ in range(count):
+        cond = torch.randn((1, tokens, width), generator=generator) * scale
+        extra = {name: torch.randn((1, size), generator=generator) for name, size in (extras or {}).items()}
+        conds.append([[cond, extra]])
+    return conds
+
+
+def _encode(clip, text: str) -> Conditioning:
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def _in_process(model_config) -> ModelPatcher:
+    import comfy.model_patcher
+
+    model_config.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    model = model_config.get_model({}, device=cpu)
+    return model, comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def _sd15() -> Family:
+    import comfy.sd
+
+    model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(MODELS / SD15_CHECKPOINT))
+    return Family("sd15", model, *(_encode(clip, p) for p in (POSITIVE_PROMPT, NEGATIVE_PROMPT, THIRD_PROMPT)),
+                  (4, 8, 8))
+
+
+def _sd15_v() -> Family:
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    sd15 = load_family("sd15")
+    (model,) = ModelSamplingDiscrete().patch(sd15.model, "v_prediction", False)
+    return Family("sd15_v", model, sd15.positive, sd15.negative, sd15.third, sd15.latent_shape)
+
+
+def _sdxl() -> Family:
+    import comfy.supported_models
+
+    config = unet_config(32, [1, 2], SDXL_CONTEXT_DIM) | {
+        "adm_in_channels": 2816, "num_classes": "sequential", "use_linear_in_transformer": True,
+    }
+    model_config = comfy.supported_models.SDXL(config)
+    model_config.unet_config["num_head_channels"] = 16  # SDXL forces 64-channel heads, wider than this model
+    model, patcher = _in_process(model_config)
+    model.diffusion_model.load_state_dict(random_weights(model.diffusion_model, "tiny_sdxl", std=0.1))
+    conds = hand_built_conds(8, SDXL_CONTEXT_DIM, seed=1, extras={"pooled_output": SDXL_POOLED_DIM})
+    return Family("sdxl", patcher, *conds, (4, 8, 8))
+
+
+def _sd3() -> Family:
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(str(MODELS / SD3_MMDIT))
+    clip = comfy.sd.load_clip([str(MODELS / CLIP_L)], clip_type=comfy.sd.CLIPType.SD3)
+    return Family("sd3", model, *(_encode(clip, p) for p in (POSITIVE_PROMPT, NEGATIVE_PROMPT, THIRD_PROMPT)),
+                  (16, 8, 8))
+
+
+def _flux() -> Family:
+    import comfy.supported_models
+
+    model, patcher = _in_process(comfy.supported_models.Flux(dict(FLUX_CONFIG)))
+    overrides = {key: torch.ones(entry.shape) for key, entry in model.diffusion_model.state_dict().items()
+                 if key.endswith("_norm.scale")}
+    model.diffusion_model.load_state_dict(random_weights(model.diffusion_model, "tiny_flux", overrides=overrides))
+    from comfy_extras.nodes_flux import FluxGuidance
+
+    conds = hand_built_conds(8, FLUX_CONFIG["context_in_dim"], seed=2,
+                             extras={"pooled_output": FLUX_CONFIG["vec_in_dim"]})
+    # As Flux-dev workflows do: the distilled guidance goes into the conds through core's FluxGuidance node.
+    return Family("flux", patcher, *(FluxGuidance.execute(cond, FLUX_GUIDANCE).result[0] for cond in conds),
+                  (16, 8, 8))
+
+
+def _wan() -> Family:
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(str(MODELS / WAN21))
+    return Family("wan", model, *hand_built_conds(8, WAN_TEXT_DIM, seed=3), (16, 2, 8, 8))
+
+
+_BUILDERS = {"sd15": _sd15, "sd15_v": _sd15_v, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux, "wan": _wan}
+
+
+@cache
+def load_family(name: str) -> Family:
+    """The family's tiny model (built once per process) with its positive, negative and latent shape."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model family {name!r}; the test bed has {', '.join(FAMILIES)}")
+    return _BUILDERS[name]()

@@ -1,0 +1,54 @@
+"""What the test bed changes in an example before running it: the tiny models for the real checkpoints, 64² instead
+of 512²/1024², at most 8 steps. The example files stay as people use them.
+
+The same rules, as `TESTBED_VALUES`, drive the browser tests, which swap the widget values in the page.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from testbed.examples import FAMILIES
+
+TESTBED_SIZE = 64
+TESTBED_STEPS = 8
+
+# By input (widget) name: a table of replacements, or a cap for numbers.
+TESTBED_VALUES: dict[str, Any] = {
+    "ckpt_name": {family.checkpoint: family.testbed_checkpoint for family in FAMILIES},
+    "width": TESTBED_SIZE,
+    "height": TESTBED_SIZE,
+    "steps": TESTBED_STEPS,
+}
+
+
+def swapped_value(name: str, value: Any) -> Any:
+    """The test bed's value for input `name` given the example's `value` (links and other inputs unchanged)."""
+    rule = TESTBED_VALUES.get(name)
+    if isinstance(rule, dict):
+        return rule.get(value, value) if isinstance(value, str) else value
+    if rule is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        return min(value, rule)
+    return value
+
+
+def for_testbed(prompt: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the API prompt `prompt` that runs on the test bed's tiny models in seconds."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        node["inputs"] = {name: swapped_value(name, value) for name, value in node["inputs"].items()}
+    return prompt
+
+
+def steer_branch(prompt: dict[str, Any]) -> dict[str, Any]:
+    """The part of an example's API prompt that makes its saved (Steer) image: the SaveImage nodes and what they
+    depend on, without the plain-CFG comparison that only previews."""
+    keep: set[str] = set()
+    todo = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+    while todo:
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo += [value[0] for value in prompt[key]["inputs"].values() if isinstance(value, list)]
+    return {key: node for key, node in prompt.items() if key in keep}

@@ -1,0 +1,117 @@
+"""Template-card thumbnails: what an example does to guidance, step by step, computed from its own settings with
+Steer's math (guiders/). No real model weights exist on the machines that build the pack, so the cards show the
+guidance each step gets — the scale, skipped negatives, PAG steps, model rows — next to plain CFG, not a render.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from guiders.pag import PerturbedAttention, parse_blocks
+from guiders.schedule import ScaleSchedule, parse_custom
+from guiders.skip import CFGSkip
+from testbed.examples import Example, Graph
+
+SIZE = (512, 512)
+BACKGROUND, INK, MUTED = (24, 30, 38), (235, 240, 245), (140, 150, 160)
+STEER, PLAIN, SKIPPED, PAG = (96, 170, 230), (120, 120, 120), (70, 80, 92), (235, 160, 70)
+
+
+def discrete_sigmas(steps: int) -> list[float]:
+    """SD1.5 / SDXL sigmas of the `normal` scheduler (ComfyUI's ModelSamplingDiscrete defaults), highest first."""
+    betas = [(math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2 for i in range(1000)]
+    log_sigmas, product = [], 1.0
+    for beta in betas:
+        product *= 1 - beta
+        log_sigmas.append(math.log(math.sqrt((1 - product) / product)))
+    out = []
+    for i in range(steps):
+        t = 999 * (1 - i / (steps - 1)) if steps > 1 else 999.0
+        low = min(int(t), 998)
+        out.append(math.exp(log_sigmas[low] + (log_sigmas[low + 1] - log_sigmas[low]) * (t - low)))
+    return out
+
+
+def _inputs(graph: Graph, class_type: str) -> list[dict[str, Any]]:
+    return [node["inputs"] for node in graph.values() if node["class_type"] == class_type]
+
+
+def per_step(graph: Graph, plain: dict[str, Any]) -> dict[str, list[Any]]:
+    """Per step of the example's Steer side: the scale, whether the negative is computed, whether PAG is, and the
+    model rows per image; plus the plain-CFG scale."""
+    (sampler,) = [n for n in graph.values() if n["class_type"] in ("KSampler", "BasicScheduler", "SteerSweep")]
+    steps = sampler["inputs"]["steps"]
+    # A sweep is drawn at its highest scale, where its patches matter most.
+    cfg = next(max(parse_custom(n["inputs"]["scales"])) if n["class_type"] == "SteerSweep" else n["inputs"]["cfg"]
+               for n in graph.values() if n["class_type"] in ("KSampler", "SteerGuider", "SteerSweep"))
+    sigmas = discrete_sigmas(steps)
+    schedules = [ScaleSchedule(s["curve"], s["cfg_min"], s["switch_at"], s["exponent"],
+                               parse_custom(s["custom"]) if s["curve"] == "custom" else ())
+                 for s in _inputs(graph, "SteerScaleSchedule")]
+    skips = [CFGSkip(s["mode"], s["start_percent"], s["end_percent"], s["sigma_high"], s["sigma_low"], s["threshold"])
+             for s in _inputs(graph, "SteerCFGSkip")]
+    pags = [PerturbedAttention(p["scale"], parse_blocks(p["blocks"]), p["start_percent"], p["end_percent"])
+            for p in _inputs(graph, "SteerPAG")]
+    negatives = len(_inputs(graph, "SteerNegative"))
+    out: dict[str, list[Any]] = {"scale": [], "guided": [], "pag": [], "rows": []}
+    for step in range(steps):
+        scale = schedules[-1].scale(cfg, step, steps) if schedules else cfg
+        guided = scale != 1.0 and all(skip.guides_step(step, steps, sigmas[step]) for skip in skips)
+        pag = any(p.active(step, steps) for p in pags)
+        out["scale"].append(scale)
+        out["guided"].append(guided)
+        out["pag"].append(pag)
+        out["rows"].append(1 + (1 + negatives if guided else 0) + pag)
+    out["plain"] = [plain.get("cfg", cfg)] * steps
+    return out
+
+
+def write_thumbnail(example: Example, path: Path) -> None:
+    """A 512² JPEG card: title, the per-step chart (Steer bars, plain-CFG line) and the rows per step."""
+    graph = example.build(example.family)
+    data = per_step(graph, example.plain)
+    image = Image.new("RGB", SIZE, BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    big, small = ImageFont.load_default(size=26), ImageFont.load_default(size=16)
+    number, _, name = example.title.partition(" - ")
+    draw.text((24, 20), name.rsplit(" (", 1)[0], font=big, fill=INK)
+    draw.text((24, 56), f"{number} · {example.family.name} · {len(data['scale'])} steps", font=small, fill=MUTED)
+
+    left, top, right, bottom = 56, 110, 488, 380
+    top_scale = max(max(data["scale"]), max(data["plain"]), 1.0) * 1.15
+    steps = len(data["scale"])
+    width = (right - left) / steps
+
+    def y_of(value: float) -> float:
+        return bottom - (bottom - top) * value / top_scale
+
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill=MUTED, width=2)
+    for tick in range(0, math.ceil(top_scale) + 1, max(1, math.ceil(top_scale / 5))):
+        draw.text((left - 30, y_of(tick) - 9), f"{tick:>2}", font=small, fill=MUTED)
+    for step, (scale, guided, pag) in enumerate(zip(data["scale"], data["guided"], data["pag"], strict=True)):
+        x0, x1 = left + step * width + 1, left + (step + 1) * width - 1
+        draw.rectangle([x0, y_of(scale if guided else 1.0), x1, bottom - 1], fill=STEER if guided else SKIPPED)
+        if pag:
+            draw.rectangle([x0, bottom + 4, x1, bottom + 12], fill=PAG)
+    draw.line([(left, y_of(data["plain"][0])), (right, y_of(data["plain"][-1]))], fill=PLAIN, width=3)
+
+    legend = [(STEER, "Steer scale per step"), (PLAIN, f"plain CFG {data['plain'][0]:g}")]
+    if not all(data["guided"]):
+        legend.append((SKIPPED, "negative skipped"))
+    if any(data["pag"]):
+        legend.append((PAG, "PAG"))
+    x, y = 24, 400
+    for color, label in legend:
+        if x + 20 + draw.textlength(label, font=small) > SIZE[0] - 16:
+            x, y = 24, y + 24
+        draw.rectangle([x, y + 2, x + 14, y + 16], fill=color)
+        draw.text((x + 20, y), label, font=small, fill=INK)
+        x += 34 + draw.textlength(label, font=small)
+    rows = sum(data["rows"]) / steps
+    draw.text((24, 454), f"model rows per image and step: plain CFG 2, Steer {rows:.2f}", font=small, fill=INK)
+    draw.text((24, 480), "diagram of the example's settings, not a render", font=small, fill=MUTED)
+    image.save(path, "JPEG", quality=90)
