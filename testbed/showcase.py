@@ -115,11 +115,9 @@ def _roles(graph: Graph, first_plain: int) -> dict[str, str]:
     roles = {}
     for key, node in graph.items():
         kind = node["class_type"]
-        if kind in LOADERS or kind.startswith("Empty") or (kind == "CLIPTextEncode" and not any(
-                graph[c]["class_type"].startswith("Steer") and graph[c]["class_type"] not in STEER_SAMPLING
-                for c in consumers[key])):
-            roles[key] = "input"
-        elif kind.startswith("Steer") and kind not in STEER_SAMPLING or kind == "CLIPTextEncode":
+        if kind in LOADERS or kind.startswith("Empty") or kind == "CLIPTextEncode":
+            roles[key] = "input"  # every prompt, an extra negative's too: the Steer column stays short enough
+        elif kind.startswith("Steer") and kind not in STEER_SAMPLING:
             roles[key] = "steer"
         elif kind in SAMPLERS | IMAGES | {"VAEDecode"} or len(side(key)) == 1:
             (roles[key],) = side(key)
