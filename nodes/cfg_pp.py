@@ -40,6 +40,7 @@ from ..guiders.cfg_pp import (
     gradient_estimation_step,
     res_multistep_step,
 )
+from ..guiders.steps import single_evaluations, with_stages
 from .checks import check_inputs
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -256,6 +257,20 @@ def _dpmpp_sde_cfg_pp(name: str, history: int, solver: str) -> Callable:
     return sample
 
 
+def dpmpp_2s_ancestral_evaluations(sigmas: torch.Tensor, model_sampling: object, eta: float = 1.0,
+                                   **options: object) -> list[int]:
+    """Evaluations per step of `sample_dpmpp_2s_ancestral_cfg_pp`, with its own operations: no midpoint where the
+    step ends at σ = 0 or σ_down = 0 (eta > 1)."""
+    sigmas = offset_first_sigma_for_snr(sigmas, model_sampling)
+
+    def level(sigma: torch.Tensor) -> Level:  # as _Run.level
+        return Level(sigma, sigma * sigma_to_half_log_snr(sigma, model_sampling).exp())
+
+    return with_stages([bool(sigmas[i + 1] != 0) and bool(ancestral_levels(level(sigmas[i]), level(sigmas[i + 1]),
+                                                                           eta)[0].sigma != 0)
+                        for i in range(len(sigmas) - 1)])
+
+
 SAMPLERS = {
     "euler": sample_euler_cfg_pp,
     "euler_ancestral": sample_euler_ancestral_cfg_pp,
@@ -270,6 +285,16 @@ SAMPLERS = {
 }
 # The samplers that take the node's eta and s_noise (the others are deterministic).
 NOISE_OPTIONS = {name for name, function in SAMPLERS.items() if "eta" in inspect.signature(function).parameters}
+# Evaluations per step (sigmas, model_sampling, **options) of the samplers above that make more than one per step.
+MULTI_STAGE = {"dpmpp_2s_ancestral": dpmpp_2s_ancestral_evaluations}
+
+
+def evaluations_rules() -> dict[Callable, Callable[..., list[int]]]:
+    """Each sampler above → its evaluations per step `(sigmas, model_sampling, **options)` (one unless MULTI_STAGE)."""
+    def single(sigmas: torch.Tensor, model_sampling: object, **options: object) -> list[int]:
+        return single_evaluations(sigmas)
+
+    return {sampler: MULTI_STAGE.get(name, single) for name, sampler in SAMPLERS.items()}
 
 
 def ksampler_name(name: str) -> str:

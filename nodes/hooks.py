@@ -6,7 +6,8 @@ of other packs is replaced:
   - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond (their hook
     groups registered as ComfyUI registers the others'; without a ControlNet of their own, the main negative's),
     and hands a traced model's recorder the latent the run returned (SteerTrace);
-  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches, trace) in this run's own model_options;
+  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches, trace) in this run's own model_options,
+    and follows the sampler's per-step callback (nodes/stages.py says how steps are attributed);
   - PREDICT_NOISE: runs each evaluation through `predict`, keeping every wrapper registered inside ours.
 """
 
@@ -18,31 +19,21 @@ from dataclasses import replace
 from functools import partial
 
 import comfy.hooks
-import comfy.k_diffusion.sampling as k_sampling
 import comfy.samplers
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 from comfy.sampler_helpers import convert_cond, get_hooks_from_cond
 
-from ..guiders.engine import Recipe, new_run
+from ..guiders.engine import Recipe, RunState, new_run
 from ..guiders.schedule import ScaleSchedule
 from ..guiders.skip import CFGSkip
-from ..guiders.steps import HEUNPP2, TWO_STAGE, evaluations_per_step
 from ..guiders.threshold import DynamicThreshold
-from .cfg_pp import sample_dpmpp_2s_ancestral_cfg_pp
 from .predict import evaluate, guide, predict
+from .stages import tracker_for
 
 KEY = "steer"
 RECIPE = "steer_recipe"
 RUN = "steer_run"
 TRACE = "steer_trace"  # a guiders.trace.Recorder, set by SteerTrace
-
-# Multi-stage samplers whose evaluations are attributed to steps by counting (guiders/steps.py says why). Their
-# flow (RF) variants are dispatched from these same functions. The ancestral ones make one evaluation instead of two
-# in a step where eta > 1 drives σ_down to 0; at eta ≤ 1 that happens only in the last step, which the count knows.
-STAGE_PATTERNS = {k_sampling.sample_heun: TWO_STAGE, k_sampling.sample_dpm_2: TWO_STAGE,
-                  k_sampling.sample_dpm_2_ancestral: TWO_STAGE, k_sampling.sample_dpmpp_2s_ancestral: TWO_STAGE,
-                  k_sampling.sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_dpmpp_sde: TWO_STAGE,
-                  sample_dpmpp_2s_ancestral_cfg_pp: TWO_STAGE, k_sampling.sample_heunpp2: HEUNPP2}
 
 
 def recipe_of(model_options: dict) -> Recipe:
@@ -145,20 +136,25 @@ def _register_hooks(guider, negatives: dict[str, list[dict]]) -> None:
     comfy.samplers.filter_registered_hooks_on_conds(negatives, options)
 
 
-def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
-    schedule = sigmas.tolist()
-    pattern = STAGE_PATTERNS.get(getattr(executor.class_obj, "sampler_function", None))
+def _sampler_sample(executor, guider, sigmas, extra_args, callback, *args, **kwargs):
+    tracker = tracker_for(executor.class_obj, sigmas, guider.model_patcher.get_model_object("model_sampling"))
     recorder = extra_args["model_options"].get(TRACE)
-    trace = recorder.start(len(schedule) - 1) if recorder is not None else None
-    run = new_run(schedule, pattern and evaluations_per_step(pattern, schedule), trace)
-    extra_args["model_options"][RUN] = run
+    trace = recorder.start(tracker.steps) if recorder is not None else None
+    extra_args["model_options"][RUN] = RunState(tracker, trace=trace)
     scale_schedule = recipe_of(extra_args["model_options"]).schedule
-    unused = scale_schedule.unused_values(run.tracker.steps) if scale_schedule else 0
+    unused = scale_schedule.unused_values(tracker.steps) if scale_schedule else 0
     if unused:
         logging.warning("Steer Scale Schedule: the custom schedule has %d values but this run has %d steps; the last "
-                        "%d are not used.", len(scale_schedule.custom), run.tracker.steps, unused)
+                        "%d are not used.", len(scale_schedule.custom), tracker.steps, unused)
     _guide_every_step_where_patches_need_the_negative(extra_args["model_options"])
-    return executor(guider, sigmas, extra_args, *args, **kwargs)
+
+    def step_reached(step: int, *rest, **named):
+        # k-diffusion calls this right after the first evaluation of each step: it keeps the attribution in step.
+        tracker.reached(step)
+        if callback is not None:
+            return callback(step, *rest, **named)
+
+    return executor(guider, sigmas, extra_args, step_reached, *args, **kwargs)
 
 
 def hook_owner(fn) -> str:

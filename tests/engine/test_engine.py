@@ -12,7 +12,7 @@ from guiders.negatives import ExtraNegative
 from guiders.pag import PerturbedAttention
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
-from guiders.steps import TWO_STAGE, evaluations_per_step
+from guiders.steps import unless_final_evaluations
 from guiders.threshold import DynamicThreshold
 
 SCHEDULE = [10.0, 6.36, 3.92, 2.33, 1.33, 0.72, 0.37, 0.18, 0.077, 0.03, 0.0]  # 10 steps
@@ -105,7 +105,7 @@ def test_scheduled_scale_reaching_one_drops_the_uncond_on_the_last_step():
 def test_every_evaluation_of_a_heun_step_shares_its_decisions(skip, guided_steps):
     """The corrector of step i runs at s_{i+1}; it must get step i's scale and skip decision, not step i+1's."""
     recipe = Recipe(schedule=ScaleSchedule(curve="linear_up", cfg_min=2.0), skip=skip)
-    run = engine.new_run(SCHEDULE, evaluations_per_step(TWO_STAGE, SCHEDULE))
+    run = engine.new_run(SCHEDULE, unless_final_evaluations(torch.tensor(SCHEDULE)))
     for step, sigma in heun_sigmas():
         p = engine.plan(recipe, run, 11.0, sigma, 2)
         assert p.step == step
@@ -285,7 +285,7 @@ THRESHOLD = 0.99
 
 def test_adaptive_switches_per_sample_from_the_next_step():
     recipe = Recipe(skip=CFGSkip(mode="adaptive", threshold=THRESHOLD))
-    run = engine.new_run(SCHEDULE, evaluations_per_step(TWO_STAGE, SCHEDULE))
+    run = engine.new_run(SCHEDULE, unless_final_evaluations(torch.tensor(SCHEDULE)))
     # Sample 1 agrees from step 2 on, sample 0 only at step 2's corrector evaluation, sample 2 never.
     agreement = {(2, 0): [False, True, False], (2, 1): [True, True, False]}
     history = []

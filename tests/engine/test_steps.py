@@ -5,10 +5,19 @@ model at, computed the same way in float32 and handed over as `float(tensor)` li
 Each evaluation is labelled with the loop index of the sampler that made it: that label is the expected step.
 """
 
+from functools import partial
+
 import pytest
 import torch
 
-from guiders.steps import HEUNPP2, TWO_STAGE, StepTracker, evaluations_per_step, interval_step
+from guiders.steps import (
+    StepTracker,
+    ancestral_evaluations,
+    ancestral_flow_evaluations,
+    heunpp2_evaluations,
+    interval_step,
+    unless_final_evaluations,
+)
 
 Evaluations = list[tuple[int, float]]  # (sampler loop index, sigma the model is evaluated at)
 
@@ -139,16 +148,24 @@ def dpmpp_sde(sigmas: torch.Tensor, shift: float | None = None) -> Evaluations:
     return out
 
 
-def attribute(sigmas: torch.Tensor, evaluations: Evaluations, pattern: str | None) -> list[tuple[int, int, float]]:
+# sampler name, flow model → the rule nodes/stages.py maps it to
+RULES = {("heun", False): unless_final_evaluations, ("dpm_2", False): unless_final_evaluations,
+         ("dpm_2", True): unless_final_evaluations, ("dpmpp_sde", False): unless_final_evaluations,
+         ("dpmpp_sde", True): unless_final_evaluations, ("heunpp2", False): heunpp2_evaluations,
+         ("dpm_2_ancestral", False): ancestral_evaluations, ("dpm_2_ancestral", True): ancestral_flow_evaluations,
+         ("dpmpp_2s_ancestral", False): ancestral_evaluations, ("dpmpp_2s_ancestral", True): unless_final_evaluations}
+
+
+def attribute(sigmas: torch.Tensor, evaluations: Evaluations, rule) -> list[tuple[int, int, float]]:
     """(expected step, attributed step, sigma) for every evaluation, in order, through one fresh tracker that
-    counts evaluations under a known stage `pattern`, or goes by sigma intervals where `pattern` is None."""
-    schedule = sigmas.tolist()
-    tracker = StepTracker(schedule, pattern and evaluations_per_step(pattern, schedule))
+    counts evaluations with a `rule` of guiders/steps.py, or goes by sigma intervals where `rule` is None (no
+    callbacks: this is the count alone)."""
+    tracker = StepTracker(sigmas.tolist(), rule and rule(sigmas))
     return [(expected, tracker.step(sigma), sigma) for expected, sigma in evaluations]
 
 
-def assert_attributed(sigmas, evaluations, pattern):
-    wrong = [row for row in attribute(sigmas, evaluations, pattern) if row[0] != row[1]]
+def assert_attributed(sigmas, evaluations, rule):
+    wrong = [row for row in attribute(sigmas, evaluations, rule) if row[0] != row[1]]
     assert not wrong, f"(expected, got, sigma): {wrong}"
 
 
@@ -170,7 +187,8 @@ def test_midpoint_samplers(sampler, schedule):
     steps = len(sigmas) - 1
     if sampler is not euler:  # two evaluations per step except the last (σ_next = 0: Euler)
         assert len(evaluations) == 2 * steps - 1
-    assert_attributed(sigmas, evaluations, None if sampler is euler else TWO_STAGE)
+    rule = None if sampler is euler else RULES[sampler.__name__, schedule in FLOW_SHIFTS]
+    assert_attributed(sigmas, evaluations, rule)
     if sampler is not euler:  # these midpoints lie strictly inside their step: intervals get them right as well
         assert_attributed(sigmas, evaluations, None)
 
@@ -194,7 +212,7 @@ BOUNDARY_CASES = ([(dpmpp_2s_ancestral, name) for name in EPS_SCHEDULES]
 def test_ancestral_second_evaluation_belongs_to_its_step(sampler, schedule):
     sigmas = SCHEDULES[schedule]
     evaluations = sampler(sigmas, shift=FLOW_SHIFTS.get(schedule))
-    assert_attributed(sigmas, evaluations, TWO_STAGE)
+    assert_attributed(sigmas, evaluations, RULES[sampler.__name__, schedule in FLOW_SHIFTS])
     # Sigma intervals alone would hand the second evaluation to the next step: that is why stages are counted.
     assert any(expected != got for expected, got, _ in attribute(sigmas, evaluations, None))
 
@@ -211,7 +229,7 @@ def test_dpmpp_2s_ancestral_second_evaluation_sits_on_the_next_sigma():
 
 def test_dpmpp_2s_ancestral_below_eta_one_is_a_true_midpoint():
     sigmas = SCHEDULES["karras10"]
-    assert_attributed(sigmas, dpmpp_2s_ancestral(sigmas, eta=0.5), TWO_STAGE)
+    assert_attributed(sigmas, dpmpp_2s_ancestral(sigmas, eta=0.5), partial(ancestral_evaluations, eta=0.5))
     assert_attributed(sigmas, dpmpp_2s_ancestral(sigmas, eta=0.5), None)
 
 
@@ -227,7 +245,7 @@ def test_corrector_samplers(sampler, schedule):
     evaluations = sampler(sigmas)
     steps = len(sigmas) - 1
     assert len(evaluations) == (2 * steps - 1 if sampler is heun else 3 * steps - 3)
-    assert_attributed(sigmas, evaluations, TWO_STAGE if sampler is heun else HEUNPP2)
+    assert_attributed(sigmas, evaluations, RULES[sampler.__name__, False])
 
 
 def test_corrector_evaluations_would_be_misattributed_by_intervals_alone():
@@ -242,7 +260,7 @@ def test_heun_on_a_schedule_not_ending_at_zero():
     sigmas = SCHEDULES["karras10"][:6]
     evaluations = heun(sigmas)
     assert len(evaluations) == 2 * (len(sigmas) - 1)
-    assert_attributed(sigmas, evaluations, TWO_STAGE)
+    assert_attributed(sigmas, evaluations, unless_final_evaluations)
 
 
 # --- interval_step directly ------------------------------------------------------------------------------------------
