@@ -301,7 +301,7 @@ EXAMPLES: dict[str, Example] = {example.key: example for example in (
         "## Find the cfg: one seed, several scales, with and without Steer\n**Steer Sweep** samples cfg 4, 8, 12 "
         "and 16 from the same seed, once through the Steer patches on its model (top row: Steer Dynamic Threshold "
         "to cfg 7's spread) and once without them (bottom row: plain CFG), and saves one labelled grid. The grid "
-        "is its own same-seed comparison." + TRY + "your own comma-separated scales (each up to 100); "
+        "is its own same-seed comparison." + TRY + "up to 16 scales of your own (0–100); "
         "compare_without_steer off for one row; any Steer patch chain on the model.",
         steer_sweep, compare=False),
 )}
