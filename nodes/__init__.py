@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .cfg_pp import SteerCFGPPSampler, register_ksampler_names
+from .dropout import SteerConditionDropout
 from .guider import SteerGuider
 from .negative import SteerNegative
 from .pag import SteerPAG
@@ -22,7 +23,7 @@ register_routes()  # read-only previews for js/steer.js: see nodes/preview.py
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG,
-                SteerCFGPPSampler, SteerSweep, SteerTrace, SteerTracePlot]
+                SteerCFGPPSampler, SteerConditionDropout, SteerSweep, SteerTrace, SteerTracePlot]
 
 
 async def comfy_entrypoint() -> SteerExtension:

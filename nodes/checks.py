@@ -37,6 +37,8 @@ def _check_value(spec: io.Input, value: Any) -> None:
             raise ValueError(f"input '{spec.id}' ({value!r}) is not a number; {accepted}")
         if not math.isfinite(value):
             raise ValueError(f"input '{spec.id}' is {'NaN' if math.isnan(value) else 'infinite'}; {accepted}")
+        if isinstance(spec, io.Int.Input) and not float(value).is_integer():
+            raise ValueError(f"input '{spec.id}' ({value!r}) is not a whole number; {accepted}")
         if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
             raise ValueError(f"input '{spec.id}' ({value}) is out of range; {accepted}")
     elif isinstance(spec, io.Combo.Input):

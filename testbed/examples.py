@@ -1,5 +1,5 @@
 """The pack's example workflows, defined once: the Steer side as an API graph for a real model of its family, plus
-the card title, the Note and what plain CFG is compared with.
+the card title, the Note and what plain CFG is compared with; or, for a training example, the LoRA training graph.
 
 `python -m testbed.examples` writes each one to example_workflows/<title>.json in UI format (what ComfyUI lists under
 Templates) with the same-seed plain-CFG comparison, the Note, groups and the `models` download entries added by
@@ -7,7 +7,8 @@ testbed/showcase.py, and a thumbnail beside it (testbed/thumbnails.py). The file
 names, 512² / 1024², 20–25 steps. Tests swap in the tiny models, 64² and 8 steps (testbed/swap.py).
 
 Adding an example: write a builder `(family) -> Graph` whose graph saves one image with SaveImage(filename_prefix=key)
-and add an `Example` to EXAMPLES; the position in EXAMPLES is the card's number.
+and add an `Example` to EXAMPLES; the position in EXAMPLES is the card's number. A training example (kind
+"training") saves a LoRA with SaveLoRA(prefix="loras/<key>") instead: no image, so no plain-CFG comparison.
 """
 
 from __future__ import annotations
@@ -70,7 +71,17 @@ class Example:
     note: str
     build: Callable[[Family], Graph]
     plain: dict[str, Any] = field(default_factory=dict)  # plain-CFG side: "cfg", "sampler_name" overrides
-    compare: bool = True  # add the plain-CFG side (False where the graph compares by itself, as SteerSweep does)
+    kind: str = "image"  # "image": saves an image, shown beside plain CFG; "training": saves a LoRA; "grid": a
+    # grid that compares by itself (SteerSweep)
+
+    @property
+    def training(self) -> bool:
+        return self.kind == "training"
+
+    @property
+    def compare(self) -> bool:
+        """Whether the showcase adds a same-seed plain-CFG side."""
+        return self.kind == "image"
 
     @property
     def path(self) -> Path:
@@ -206,6 +217,43 @@ def steer_sweep(family: Family) -> Graph:
     return b.graph
 
 
+DATASET = "steer_dropout_dataset"  # a folder of ComfyUI's input/: images with same-name .txt captions
+TRAIN_STEPS = 500
+DROPOUT_RATE, DROPOUT_SEED = 0.1, 0
+
+
+def condition_dropout(key: str, family: Family) -> Graph:
+    """LoRA training that keeps CFG working: CheckpointLoaderSimple + a captioned image folder → MakeTrainingDataset;
+    the MODEL through SteerConditionDropout (null = the empty prompt) → TrainLoraNode → SaveLoRA(prefix=loras/key)."""
+    b = Builder()
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name=family.checkpoint)
+    data = b.add("LoadImageTextDataSetFromFolder", folder=DATASET)
+    dataset = b.add("MakeTrainingDataset", images=[data, 0], vae=[ckpt, 2], clip=[ckpt, 1], texts=[data, 1])
+    null = b.add("CLIPTextEncode", "Empty prompt", text="", clip=[ckpt, 1])
+    model = b.add("SteerConditionDropout", model=[ckpt, 0], rate=DROPOUT_RATE, seed=DROPOUT_SEED,
+                  null_conditioning=[null, 0])
+    train = b.add("TrainLoraNode", model=[model, 0], latents=[dataset, 0], positive=[dataset, 1], batch_size=1,
+                  grad_accumulation_steps=1, steps=TRAIN_STEPS, learning_rate=0.0005, rank=8, optimizer="AdamW",
+                  loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype="bf16", algorithm="LoRA",
+                  gradient_checkpointing=True, existing_lora="[None]")
+    b.add("SaveLoRA", lora=[train, 1], prefix=f"loras/{key}", steps=[train, 3])
+    return b.graph
+
+
+def write_dataset(input_dir: Path, images: int = 2, size: int = 64) -> Path:
+    """A tiny captioned dataset for the training example: `images` size×size PNGs with .txt captions, in
+    input_dir/DATASET."""
+    from PIL import Image
+
+    folder = input_dir / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(images):
+        colour = (40 + 90 * index, 120, 200 - 80 * index)
+        Image.new("RGB", (size, size), colour).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text(f"a flat colour swatch, number {index}")
+    return folder
+
+
 EXAMPLES: dict[str, Example] = {example.key: example for example in (
     Example(
         "steer_cfg", "Steer 01 - Guider vs core CFG (SD1.5)", SD15,
@@ -297,13 +345,24 @@ EXAMPLES: dict[str, Example] = {example.key: example for example in (
         "so CFG methods do not apply to it." + TRY + "SD3.5 medium; cfg 3.5–5.",
         lambda f: ksampler("steer_sd3_flow", f, 5.0, _sd3_patches)),
     Example(
-        "steer_sweep", "Steer 13 - Cfg sweep (SD1.5)", SD15,
+        "steer_condition_dropout", "Steer 13 - Train a LoRA for CFG (SD1.5)", SD15,
+        "## Train a LoRA that keeps CFG working\n**Steer Condition Dropout** (Ho & Salimans 2022) gives each "
+        "training sample, with probability `rate` (0.1 here), the empty prompt's encoding instead of its caption, "
+        "so the LoRA also learns the unconditional prediction that CFG subtracts; without it a LoRA moves only the "
+        "conditional one and the guidance direction drifts. Sampling with the same MODEL is not affected.\n\n"
+        f"Put your images with same-name .txt captions into `ComfyUI/input/<folder>` and pick the folder in the "
+        f"dataset loader. {TRAIN_STEPS} steps here; the LoRA lands in `output/loras`. No image and no plain-CFG "
+        "comparison: this workflow saves a LoRA." + TRY + "rate 0.1–0.2; the empty prompt must be encoded by the "
+        "model's own CLIP (SDXL and SD3 models may leave null_conditioning unconnected: zeros).",
+        lambda f: condition_dropout("steer_condition_dropout", f), kind="training"),
+    Example(
+        "steer_sweep", "Steer 14 - Cfg sweep (SD1.5)", SD15,
         "## Find the cfg: one seed, several scales, with and without Steer\n**Steer Sweep** samples cfg 4, 8, 12 "
         "and 16 from the same seed, once through the Steer patches on its model (top row: Steer Dynamic Threshold "
         "to cfg 7's spread) and once without them (bottom row: plain CFG), and saves one labelled grid. The grid "
         "is its own same-seed comparison." + TRY + "up to 16 scales of your own (0–100); "
         "compare_without_steer off for one row; any Steer patch chain on the model.",
-        steer_sweep, compare=False),
+        steer_sweep, kind="grid"),
 )}
 
 

@@ -21,7 +21,7 @@ Call `testbed.comfy.import_comfy()` first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -146,8 +146,11 @@ def _sd3() -> Family:
 
 def _flux() -> Family:
     import comfy.supported_models
+    from comfy.ldm.flux.model import FluxParams
 
-    model, patcher = _in_process(comfy.supported_models.Flux(dict(FLUX_CONFIG)))
+    # Newer ComfyUI (0.8+) also needs the text-id axes, which Flux-dev (unlike Flux 2) leaves empty.
+    newer = {"txt_ids_dims": []} if "txt_ids_dims" in {field.name for field in fields(FluxParams)} else {}
+    model, patcher = _in_process(comfy.supported_models.Flux(FLUX_CONFIG | newer))
     overrides = {key: torch.ones(entry.shape) for key, entry in model.diffusion_model.state_dict().items()
                  if key.endswith("_norm.scale")}
     model.diffusion_model.load_state_dict(random_weights(model.diffusion_model, "tiny_flux", overrides=overrides))

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                      "sigma_low": 0.28, "threshold": 0.99},
     "SteerNegative": {"scale": 1.0, "mode": "subtract"},
     "SteerPAG": {"scale": 3.0, "blocks": "middle.0", "start_percent": 0.0, "end_percent": 1.0},
+    "SteerConditionDropout": {"rate": 0.1, "seed": 0},
 }
 EXTRA_NEGATIVE = "text, signature"
 
@@ -45,7 +46,7 @@ def text_to_image(prefix: str, *, seed: int = 1, steps: int = 4, cfg: float = 6.
                   scheduler: str = "normal", patches: list[Patch] = (), size: int = 64, batch: int = 1,
                   denoise: float = 1.0) -> Graph:
     """CheckpointLoaderSimple → `patches` in order → KSampler → VAEDecode → SaveImage(filename_prefix=prefix).
-    A SteerNegative patch gets its own CLIPTextEncode of EXTRA_NEGATIVE."""
+    A SteerNegative patch gets its own CLIPTextEncode of EXTRA_NEGATIVE, a SteerConditionDropout one of ""."""
     b = Builder()
     checkpoint = b.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     positive = b.add("CLIPTextEncode", text=POSITIVE, clip=[checkpoint, 1])
@@ -55,6 +56,8 @@ def text_to_image(prefix: str, *, seed: int = 1, steps: int = 4, cfg: float = 6.
         extra = {}
         if class_type == "SteerNegative":
             extra["negative"] = [b.add("CLIPTextEncode", text=EXTRA_NEGATIVE, clip=[checkpoint, 1]), 0]
+        if class_type == "SteerConditionDropout":  # SD1.5 needs the empty prompt as its null conditioning
+            extra["null_conditioning"] = [b.add("CLIPTextEncode", text="", clip=[checkpoint, 1]), 0]
         model = [b.add(class_type, model=model, **(DEFAULTS.get(class_type, {}) | extra | inputs)), 0]
     latent = b.add("EmptyLatentImage", width=size, height=size, batch_size=batch)
     sampled = b.add("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,

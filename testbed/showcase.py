@@ -1,5 +1,7 @@
 """An example's API graph made into a workflow for people: the same-seed plain-CFG comparison, a Note, groups, the
-`models` download entries and a layout that is readable at Fit View in a 1600×1000 window.
+`models` download entries and a layout that is readable at Fit View in a 1600×1000 window. A training example gets
+no comparison (it saves a LoRA, not an image): its dataset nodes join the inputs, the trainer and SaveLoRA form the
+result group.
 
 Layout (x → right):  Note + model, prompts, size | Steer patches | shared sampling nodes | samplers + decoders
 (plain CFG on top, Steer below) | images (plain CFG preview on top, the saved Steer image below).
@@ -12,12 +14,14 @@ import re
 from typing import Any
 
 from testbed.examples import Builder, Example, Graph
-from testbed.workflow import api_to_ui, combo_options, input_specs, input_type, is_widget
+from testbed.workflow import api_to_ui, combo_options, control_values, input_specs, input_type, is_widget
 
 SAMPLERS = {"KSampler", "SamplerCustomAdvanced", "SteerSweep"}
 STEER_SAMPLING = {"SteerGuider", "SteerCFGPPSampler", "SteerSweep"}  # Steer nodes that are not MODEL patches
 IMAGES = {"SaveImage", "PreviewImage"}
 LOADERS = {"CheckpointLoaderSimple"}
+DATASETS = {"LoadImageTextDataSetFromFolder", "MakeTrainingDataset"}
+TRAINERS = {"TrainLoraNode", "SaveLoRA"}
 
 # Fit View (front end 1.32): scale = 0.75 · min(W / w, H / h) over the nodes' bounds (titles included) + 10 px.
 FIT_ZOOM, WINDOW, READABLE = 0.75, (1600, 1000), 0.6
@@ -91,12 +95,14 @@ def hidden_widgets(info: dict[str, Any], values: dict[str, Any]) -> set[str]:
 
 
 def _front_end_height(node: dict[str, Any], info: dict[str, Any], values: dict[str, Any]) -> int:
-    """A Steer node's height as js/steer.js shows it: visible widgets plus its preview plot / preset combo."""
+    """A Steer node's height as js/steer.js shows it: visible widgets (a seed's "control after generate" included)
+    plus its preview plot / preset combo."""
     hidden = hidden_widgets(info, values)
-    widgets = [name for name, spec, _ in input_specs(info) if is_widget(spec) and name not in hidden]
+    widgets = sum(1 + control_values(name, spec) for name, spec, _ in input_specs(info)  # + "control after generate"
+                  if is_widget(spec) and name not in hidden)
     sockets = sum(1 for slot in node["inputs"] if "widget" not in slot)
     rows = max(sockets, len(node["outputs"]), 1)
-    return rows * 20 + 6 + WIDGET_HEIGHT * len(widgets) + 8 + JS_EXTRA_HEIGHT.get(node["type"], 0)
+    return rows * 20 + 6 + WIDGET_HEIGHT * widgets + 8 + JS_EXTRA_HEIGHT.get(node["type"], 0)
 
 
 def _roles(graph: Graph, first_plain: int) -> dict[str, str]:
@@ -115,7 +121,9 @@ def _roles(graph: Graph, first_plain: int) -> dict[str, str]:
     roles = {}
     for key, node in graph.items():
         kind = node["class_type"]
-        if kind in LOADERS or kind.startswith("Empty") or kind == "CLIPTextEncode":
+        if kind in TRAINERS:
+            roles[key] = "result"
+        elif kind in LOADERS | DATASETS or kind.startswith("Empty") or kind == "CLIPTextEncode":
             roles[key] = "input"  # every prompt, an extra negative's too: the Steer column stays short enough
         elif kind.startswith("Steer") and kind not in STEER_SAMPLING:
             roles[key] = "steer"
@@ -182,8 +190,8 @@ def _layout(nodes: dict[str, dict[str, Any]], roles: dict[str, str], note: dict[
         if members(role):
             x = _stack(members(role), x, GROUP_HEADER)[0] + COLUMN_GAP
     plain_right, plain_bottom = _stack([n for n in members("plain") if n["type"] not in IMAGES], x, GROUP_HEADER)
-    steer_top = max(plain_bottom, GROUP_HEADER + IMAGE_SIZE[1] + TITLE) + GROUP_HEADER + GAP \
-        if members("plain") else GROUP_HEADER
+    steer_top = max(plain_bottom, GROUP_HEADER + IMAGE_SIZE[1] + TITLE) + GROUP_HEADER + GAP if members("plain") \
+        else GROUP_HEADER
     steer_right, _ = _stack([n for n in members("result") if n["type"] not in IMAGES], x, steer_top)
     images_x = max(plain_right, steer_right) + COLUMN_GAP
     _stack([n for n in members("plain") if n["type"] in IMAGES], images_x, GROUP_HEADER)
@@ -216,6 +224,8 @@ def showcase(example: Example, object_info: dict[str, Any]) -> dict[str, Any]:
     by_role = {role: [nodes[k] for k in nodes if roles[k] == role] for role in set(roles.values())}
     titles = {"input": f"Model ({example.family.name}), prompts, size", "steer": "Steer",
               "plain": "Plain CFG, same seed", "result": "With Steer"}
+    if example.training:
+        titles |= {"input": f"Model ({example.family.name}), dataset", "result": "Training, saves a LoRA"}
     workflow["groups"] = [_group(i, titles[role], by_role[role], GROUP_COLORS[role])
                           for i, role in enumerate(("input", "steer", "plain", "result"), start=1) if by_role.get(role)]
     workflow["nodes"].append(note)
@@ -225,5 +235,5 @@ def showcase(example: Example, object_info: dict[str, Any]) -> dict[str, Any]:
 
 def _model_line(example: Example) -> str:
     family = example.family
-    return (f"\n\n**Model:** [{family.checkpoint}]({family.url}) in `models/checkpoints` ({family.name}, "
-            f"{family.size}×{family.size}, {family.steps} steps).")
+    run = "the LoRA is trained for it" if example.training else f"{family.size}×{family.size}, {family.steps} steps"
+    return f"\n\n**Model:** [{family.checkpoint}]({family.url}) in `models/checkpoints` ({family.name}, {run})."

@@ -42,10 +42,10 @@ def for_testbed(prompt: dict[str, Any]) -> dict[str, Any]:
 
 
 def steer_branch(prompt: dict[str, Any]) -> dict[str, Any]:
-    """The part of an example's API prompt that makes its saved (Steer) image: the SaveImage nodes and what they
-    depend on, without the plain-CFG comparison that only previews."""
+    """The part of an example's API prompt that makes what it saves (the Steer image, or a training example's LoRA):
+    the SaveImage / SaveLoRA nodes and what they depend on, without the plain-CFG comparison that only previews."""
     keep: set[str] = set()
-    todo = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+    todo = [key for key, node in prompt.items() if node["class_type"] in ("SaveImage", "SaveLoRA")]
     while todo:
         key = todo.pop()
         if key not in keep:

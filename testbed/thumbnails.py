@@ -1,6 +1,7 @@
 """Template-card thumbnails: what an example does to guidance, step by step, computed from its own settings with
 Steer's math (guiders/). No real model weights exist on the machines that build the pack, so the cards show the
-guidance each step gets — the scale, skipped negatives, PAG steps, model rows — next to plain CFG, not a render.
+guidance each step gets — the scale, skipped negatives, PAG steps, model rows — next to plain CFG, not a render. A
+training example's card shows which training samples Steer Condition Dropout gives the empty prompt.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from guiders.dropout import dropped
 from guiders.pag import PerturbedAttention, parse_blocks
 from guiders.schedule import ScaleSchedule, parse_custom
 from guiders.skip import CFGSkip
@@ -19,6 +21,7 @@ from testbed.examples import Example, Graph
 SIZE = (512, 512)
 BACKGROUND, INK, MUTED = (24, 30, 38), (235, 240, 245), (140, 150, 160)
 STEER, PLAIN, SKIPPED, PAG = (96, 170, 230), (120, 120, 120), (70, 80, 92), (235, 160, 70)
+DROPOUT_CELLS = 100  # training samples on a training card, 10 × 10
 
 
 def discrete_sigmas(steps: int) -> list[float]:
@@ -70,15 +73,31 @@ def per_step(graph: Graph, plain: dict[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
+def dropped_samples(graph: Graph, count: int = DROPOUT_CELLS) -> list[bool]:
+    """The first `count` training samples (step by step, batch by batch) of the example's TrainLoraNode: whether
+    its SteerConditionDropout gives each the null conditioning."""
+    (dropout,) = _inputs(graph, "SteerConditionDropout")
+    (train,) = _inputs(graph, "TrainLoraNode")
+    batch = train["batch_size"]
+    steps = -(-count // batch)
+    return [bool(d) for step in range(steps)
+            for d in dropped(dropout["seed"], step, batch, dropout["rate"])][:count]
+
+
 def write_thumbnail(example: Example, path: Path) -> None:
-    """A 512² JPEG card: title, the per-step chart (Steer bars, plain-CFG line) and the rows per step."""
+    """A 512² JPEG card: title, the per-step chart (Steer bars, plain-CFG line) and the rows per step; for a training
+    example the grid of dropped samples."""
     graph = example.build(example.family)
-    data = per_step(graph, example.plain)
     image = Image.new("RGB", SIZE, BACKGROUND)
     draw = ImageDraw.Draw(image)
     big, small = ImageFont.load_default(size=26), ImageFont.load_default(size=16)
     number, _, name = example.title.partition(" - ")
     draw.text((24, 20), name.rsplit(" (", 1)[0], font=big, fill=INK)
+    if example.training:
+        _dropout_card(draw, graph, f"{number} · {example.family.name} · LoRA training", small)
+        image.save(path, "JPEG", quality=90)
+        return
+    data = per_step(graph, example.plain)
     draw.text((24, 56), f"{number} · {example.family.name} · {len(data['scale'])} steps", font=small, fill=MUTED)
 
     left, top, right, bottom = 56, 110, 488, 380
@@ -115,3 +134,22 @@ def write_thumbnail(example: Example, path: Path) -> None:
     draw.text((24, 454), f"model rows per image and step: plain CFG 2, Steer {rows:.2f}", font=small, fill=INK)
     draw.text((24, 480), "diagram of the example's settings, not a render", font=small, fill=MUTED)
     image.save(path, "JPEG", quality=90)
+
+
+def _dropout_card(draw: ImageDraw.ImageDraw, graph: Graph, subtitle: str, small: ImageFont.ImageFont) -> None:
+    """The first DROPOUT_CELLS training samples as a 10 × 10 grid: caption kept (blue) or empty prompt (orange)."""
+    samples = dropped_samples(graph)
+    (dropout,) = _inputs(graph, "SteerConditionDropout")
+    draw.text((24, 56), subtitle, font=small, fill=MUTED)
+    side, left, top = 26, 56 + 5, 96
+    for index, drop in enumerate(samples):
+        x, y = left + (index % 10) * (side + 14), top + (index // 10) * (side + 4)
+        draw.rectangle([x, y, x + side, y + side], fill=PAG if drop else STEER)
+    x, y = 24, 400
+    for color, label in ((STEER, "caption"), (PAG, "empty prompt (trains the unconditional)")):
+        draw.rectangle([x, y + 2, x + 14, y + 16], fill=color)
+        draw.text((x + 20, y), label, font=small, fill=INK)
+        x += 34 + draw.textlength(label, font=small)
+    draw.text((24, 454), f"{sum(samples)} of the first {len(samples)} samples dropped (rate {dropout['rate']:g}, "
+              f"seed {dropout['seed']})", font=small, fill=INK)
+    draw.text((24, 480), "diagram of the example's settings, not a render", font=small, fill=MUTED)

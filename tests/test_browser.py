@@ -5,7 +5,8 @@ ComfyUI without Steer gives the baseline of the front end's own console noise.
 For each example: its card (title, thumbnail) is in the Templates pane under the pack's folder name; clicking it
 loads the graph with no console error the baseline lacks; the Steer nodes show their widgets; Fit View at 1600×1000
 zooms to ≥ 60 % (the front end draws no text below); after the test bed's swap (tiny models, 64², ≤ 8 steps, done
-on the widgets in the page) Run finishes and both images (plain CFG and Steer) appear in their nodes.
+on the widgets in the page) Run finishes and both images (plain CFG and Steer) appear in their nodes; a training
+example (no image) finishes without error and saves its LoRA.
 Screenshots: tests/results/browser/<example>-{loaded,done}.png.
 """
 
@@ -24,7 +25,7 @@ from guiders.pag import PerturbedAttention
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
 from testbed.comfy import BASE, ROOT
-from testbed.examples import EXAMPLES, Example
+from testbed.examples import EXAMPLES, Example, write_dataset
 from testbed.server import ComfyServer
 from testbed.swap import TESTBED_STEPS, TESTBED_VALUES
 from testbed.workflow import input_specs, is_widget
@@ -61,6 +62,7 @@ def _fresh_server(tmp: Path, base: Path) -> ComfyServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    write_dataset(BASE / "input")  # the training example's image folder
     with _fresh_server(tmp_path_factory.mktemp("steer"), BASE) as server:
         yield server
 
@@ -197,16 +199,22 @@ def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set
         assert zoom >= READABLE_ZOOM, f"Fit View zooms to {zoom:.2f} in a 1600×1000 window"
 
         p.evaluate(SWAP_JS, TESTBED_VALUES)
-        p.evaluate("""() => { window.__steerErrors = [];
-            app.api.addEventListener("execution_error", e => window.__steerErrors.push(e.detail)); }""")
+        p.evaluate("""() => { window.__steerErrors = []; window.__steerDone = false;
+            app.api.addEventListener("execution_error", e => window.__steerErrors.push(e.detail));
+            app.api.addEventListener("execution_success", () => { window.__steerDone = true; }); }""")
+        loras = server.output_dir / "loras"
+        before = set(loras.glob(f"{key}_*.safetensors"))
         p.get_by_role("button", name="Run", exact=True).click()
-        p.wait_for_function(f"""() => window.__steerErrors.length ||
-            ({IMAGES_JS})().every(n => n.loaded > 0)""", timeout=RUN_TIMEOUT_MS)
+        done = "window.__steerDone" if example.training else f"({IMAGES_JS})().every(n => n.loaded > 0)"
+        p.wait_for_function(f"() => window.__steerErrors.length || {done}", timeout=RUN_TIMEOUT_MS)
         errors = p.evaluate("window.__steerErrors")
         assert not errors, errors
         images = p.evaluate(IMAGES_JS)
-        expected = ["PreviewImage", "SaveImage"] if example.compare else ["SaveImage"]  # a sweep compares in its grid
-        assert sorted(n["type"] for n in images) == expected, images
+        if example.training:  # it saves a LoRA, no image
+            assert images == [] and len(set(loras.glob(f"{key}_*.safetensors")) - before) == 1
+        else:  # a sweep compares in its grid
+            expected = ["PreviewImage", "SaveImage"] if example.compare else ["SaveImage"]
+            assert sorted(n["type"] for n in images) == expected, images
         p.screenshot(path=results / f"{key}-done.png")
         assert not new_errors(page.console, baseline), new_errors(page.console, baseline)
     finally:

@@ -1,6 +1,7 @@
 """The example workflows without a server: the definitions in testbed/examples.py are made for a real model of their
 family, the test bed's swap makes them tiny, and the UI files in example_workflows/ carry the same-seed plain-CFG
-comparison, the Note, the groups, the download entries, a thumbnail, and fit a 1600×1000 window readably.
+comparison, the Note, the groups, the download entries, a thumbnail, and fit a 1600×1000 window readably. A training
+example (kind "training") saves a LoRA instead of an image: it is checked for its own graph, groups and card.
 (tests/test_server.py converts the files back with the real node definitions and runs every one; tests/test_browser.py
 loads and runs them in the real front end.)"""
 
@@ -12,16 +13,19 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from guiders.dropout import dropped
 from testbed.comfy import MODELS
 from testbed.examples import EXAMPLES, EXAMPLES_DIR, FAMILIES, SD15, SDXL, Example
 from testbed.showcase import READABLE, fit_view_scale, with_plain_cfg
 from testbed.swap import TESTBED_SIZE, TESTBED_STEPS, for_testbed, steer_branch, swapped_value
-from testbed.thumbnails import discrete_sigmas, per_step
+from testbed.thumbnails import DROPOUT_CELLS, discrete_sigmas, dropped_samples, per_step
 
 LATENTS = {"EmptyLatentImage", "EmptySD3LatentImage"}
 ENGINE_PATCHES = {"SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative"}
 PATCHES = ENGINE_PATCHES | {"SteerPAG"}
 SAMPLERS = {"KSampler", "SamplerCustomAdvanced", "SteerSweep"}
+IMAGE_EXAMPLES = [key for key, example in EXAMPLES.items() if example.compare]
+TRAINING_EXAMPLES = [key for key, example in EXAMPLES.items() if example.training]
 
 
 def links_of(node: dict[str, Any]) -> list[list[Any]]:
@@ -56,23 +60,33 @@ def test_titles_are_numbered_in_order_and_fit_a_card() -> None:
         assert len(example.title) <= 40 and not set(example.title) & set('/\\:*?"<>|'), example.title
 
 
+def test_kinds_are_known() -> None:
+    assert {example.kind for example in EXAMPLES.values()} == {"image", "training", "grid"}
+
+
 @pytest.mark.parametrize("key", list(EXAMPLES))
 def test_definition_is_for_a_real_model(key: str) -> None:
-    """Numbered nodes, links to existing outputs, one SaveImage named after the example, the family's checkpoint,
-    native size and steps, and Steer in the graph."""
+    """Numbered nodes, links to existing outputs, the family's checkpoint, Steer in the graph; an image example saves
+    one image named after it at the family's native size and steps, a training example one LoRA named after it."""
     example: Example = EXAMPLES[key]
     graph = defined(key)
     assert list(graph) == [str(i) for i in range(1, len(graph) + 1)]
     for node in graph.values():
         for source, slot in links_of(node):
             assert source in graph and isinstance(slot, int), node
-    assert only(graph, {"SaveImage"})["inputs"]["filename_prefix"] == key
     assert only(graph, {"CheckpointLoaderSimple"})["inputs"]["ckpt_name"] == example.family.checkpoint
+    types = {node["class_type"] for node in graph.values()}
+    if example.training:
+        assert not types & ({"SaveImage", "PreviewImage"} | SAMPLERS | LATENTS)
+        assert only(graph, {"SaveLoRA"})["inputs"]["prefix"] == f"loras/{key}"
+        train = only(graph, {"TrainLoraNode"})["inputs"]
+        assert graph[train["model"][0]]["class_type"] == "SteerConditionDropout" and train["steps"] >= 100
+        return
+    assert only(graph, {"SaveImage"})["inputs"]["filename_prefix"] == key
     latent = only(graph, LATENTS)
     assert latent["class_type"] == example.family.latent
     assert (latent["inputs"]["width"], latent["inputs"]["height"]) == (example.family.size,) * 2
     assert {node["inputs"]["steps"] for node in graph.values() if "steps" in node["inputs"]} == {example.family.steps}
-    types = {node["class_type"] for node in graph.values()}
     assert types & (PATCHES | {"SteerGuider"})
     assert len(types & SAMPLERS) == 1 and ("SamplerCustomAdvanced" not in types or "SteerGuider" in types)
 
@@ -84,9 +98,11 @@ def test_testbed_swap_makes_it_tiny(key: str) -> None:
     graph = defined(key)
     tiny = for_testbed(graph)
     assert (MODELS / "checkpoints" / only(tiny, {"CheckpointLoaderSimple"})["inputs"]["ckpt_name"]).is_file()
-    latent = only(tiny, LATENTS)["inputs"]
-    assert (latent["width"], latent["height"], latent["batch_size"]) == (TESTBED_SIZE, TESTBED_SIZE, 1)
-    assert all(0 < node["inputs"]["steps"] <= TESTBED_STEPS for node in tiny.values() if "steps" in node["inputs"])
+    if not EXAMPLES[key].training:
+        latent = only(tiny, LATENTS)["inputs"]
+        assert (latent["width"], latent["height"], latent["batch_size"]) == (TESTBED_SIZE, TESTBED_SIZE, 1)
+    steps = [node["inputs"]["steps"] for node in tiny.values() if isinstance(node["inputs"].get("steps"), int)]
+    assert steps and all(0 < count <= TESTBED_STEPS for count in steps)
     changed = {(key, name) for key in graph for name, value in graph[key]["inputs"].items()
                if tiny[key]["inputs"][name] != value}
     assert {name for _, name in changed} <= {"ckpt_name", "width", "height", "steps"}
@@ -106,10 +122,11 @@ def test_every_patch_has_an_example_of_its_own_and_all_four_together() -> None:
         assert any(t & PATCHES == {patch} for t in types.values()), patch
     assert ENGINE_PATCHES <= types["steer_all_four"]
     assert "KSampler" in types["steer_ksampler"] and "SteerGuider" not in types["steer_ksampler"]
+    assert any("SteerConditionDropout" in types[key] for key in TRAINING_EXAMPLES)
     assert {example.family for example in EXAMPLES.values()} == set(FAMILIES)
 
 
-@pytest.mark.parametrize("key", [key for key, example in EXAMPLES.items() if example.compare])
+@pytest.mark.parametrize("key", IMAGE_EXAMPLES)
 def test_plain_cfg_comparison_shares_seed_latent_and_prompts(key: str) -> None:
     """The added branch samples the unpatched model from the same noise, latent and prompts (cfg and sampler as the
     example says) and previews its image; the Steer side keeps its ids and is what steer_branch returns."""
@@ -138,7 +155,7 @@ def test_plain_cfg_comparison_shares_seed_latent_and_prompts(key: str) -> None:
 
 def test_sweep_compares_in_its_own_grid() -> None:
     """The sweep example has no added plain-CFG side: its grid has a row without the Steer patches, same seed."""
-    assert [key for key, example in EXAMPLES.items() if not example.compare] == ["steer_sweep"]
+    assert [key for key, example in EXAMPLES.items() if example.kind == "grid"] == ["steer_sweep"]
     sweep = only(defined("steer_sweep"), {"SteerSweep"})["inputs"]
     assert sweep["compare_without_steer"] is True and len(sweep["scales"].split(",")) > 1
     assert {group["title"] for group in ui_file("steer_sweep")["groups"]} == {
@@ -147,8 +164,9 @@ def test_sweep_compares_in_its_own_grid() -> None:
 
 @pytest.mark.parametrize("key", list(EXAMPLES))
 def test_ui_file_is_made_for_people(key: str) -> None:
-    """A Note naming the model with its link, the loader's download entry, groups around the parts, both images,
-    and Fit View at 1600×1000 at readable zoom (tests/test_browser.py measures it in the real front end)."""
+    """A Note naming the model with its link, the loader's download entry, groups around the parts, both images (a
+    training example: no image, the trainer and SaveLoRA in their group), and Fit View at 1600×1000 at readable zoom
+    (tests/test_browser.py measures it in the real front end)."""
     example = EXAMPLES[key]
     workflow = ui_file(key)
     nodes = {node["id"]: node for node in workflow["nodes"]}
@@ -159,13 +177,18 @@ def test_ui_file_is_made_for_people(key: str) -> None:
                                                "directory": "checkpoints"}]
     assert loader["widgets_values"] == [example.family.checkpoint]
     groups = {group["title"]: group["bounding"] for group in workflow["groups"]}
-    sides = (("Plain CFG, same seed", "PreviewImage"),) * example.compare + (("With Steer", "SaveImage"),)
-    assert {title for title, _ in sides} <= set(groups)
-    for title, image_type in sides:
-        (image,) = (node for node in nodes.values() if node["type"] == image_type)
+    if example.training:
+        assert not {"Plain CFG, same seed", "With Steer"} & set(groups)
+        assert not any(node["type"] in ("SaveImage", "PreviewImage") for node in nodes.values())
+        shown = (("Training, saves a LoRA", "TrainLoraNode"), ("Training, saves a LoRA", "SaveLoRA"),
+                 ("Steer", "SteerConditionDropout"), (f"Model ({example.family.name}), dataset", "MakeTrainingDataset"))
+    else:  # a sweep's grid compares by itself: no plain-CFG side
+        shown = (("Plain CFG, same seed", "PreviewImage"),) * example.compare + (("With Steer", "SaveImage"),)
+    for title, node_type in shown:
+        (node,) = (node for node in nodes.values() if node["type"] == node_type)
         x, y, w, h = groups[title]
-        assert x <= image["pos"][0] and image["pos"][0] + image["size"][0] <= x + w, title
-        assert y <= image["pos"][1] - 30 and image["pos"][1] + image["size"][1] <= y + h, title
+        assert x <= node["pos"][0] and node["pos"][0] + node["size"][0] <= x + w, title
+        assert y <= node["pos"][1] - 30 and node["pos"][1] + node["size"][1] <= y + h, title
     assert fit_view_scale(workflow) >= READABLE + 0.02
     assert workflow["last_node_id"] == max(nodes) and workflow["last_link_id"] == len(workflow["links"])
     for link_id, source, slot, target, target_slot, _ in workflow["links"]:
@@ -192,3 +215,15 @@ def test_thumbnail_chart_follows_the_settings() -> None:
     assert sweep["scale"] == [16.0] * SD15.steps and all(sweep["guided"])
     sigmas = discrete_sigmas(20)
     assert sigmas == sorted(sigmas, reverse=True) and 14.0 < sigmas[0] < 15.0 and sigmas[-1] < 0.05
+
+
+@pytest.mark.parametrize("key", TRAINING_EXAMPLES)
+def test_training_card_shows_the_dropout_draws(key: str) -> None:
+    """The training card's grid is Steer's own draw for the example's rate and seed: sample s of step t dropped as
+    guiders.dropout decides (batch 1: one sample per step), some of them and far from all at rate 0.1."""
+    graph = defined(key)
+    (dropout,) = (node["inputs"] for node in graph.values() if node["class_type"] == "SteerConditionDropout")
+    samples = dropped_samples(graph)
+    assert len(samples) == DROPOUT_CELLS
+    assert samples == [bool(dropped(dropout["seed"], step, 1, dropout["rate"])[0]) for step in range(DROPOUT_CELLS)]
+    assert 0 < sum(samples) < DROPOUT_CELLS * 3 * dropout["rate"]

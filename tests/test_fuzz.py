@@ -122,8 +122,8 @@ def cases_for(node: str, spec: dict[str, Any]) -> Iterator[Case]:
                     bad.append(extra["max"] + 1)
                 for value in bad:
                     yield Case(node, name, value, False)
-                if kind == "INT":  # ComfyUI itself converts INT values with int() before any node sees them
-                    yield Case(node, name, 1.5, True)  # (execution.py, as for KSampler's steps): 1.5 runs as 1
+                if kind == "INT":  # ComfyUI converts an INT with int() before any node sees it, as for core's seeds
+                    yield Case(node, name, 1.5, True)
             elif kind == "STRING":
                 for value in ("", " ", "x" * 100_000, "\x00\x01\ufffd garbage ;;; ,,", "1_000", "1e-400", "nan",
                               "-1", "9" * 400, "middle.0, middle.0.99", "joint.0", 12345):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from testbed import run_example
 from testbed.comfy import BASE, ROOT
-from testbed.examples import EXAMPLES, EXAMPLES_DIR
+from testbed.examples import EXAMPLES, EXAMPLES_DIR, write_dataset
 from testbed.server import ComfyServer
 from testbed.swap import for_testbed, steer_branch
 from testbed.workflow import api_to_ui, input_specs, ui_to_api
@@ -27,11 +27,13 @@ PROMPT_TIMEOUT = 300.0  # a guard against a hung server, never a speed requireme
 EXAMPLE = EXAMPLES["steer_cfg"].path
 EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.json"))
 FILES = {example.path: key for key, example in EXAMPLES.items()}
+TRAINING_EXAMPLES = {key for key, example in EXAMPLES.items() if example.training}  # they save a LoRA, not an image
 STEER_NODES = ("SteerGuider", "SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    write_dataset(BASE / "input")  # the training example's image folder
     with ComfyServer(tmp_path_factory.mktemp("comfyui")) as server:
         yield server
 
@@ -216,7 +218,7 @@ def test_examples_are_served_as_templates(server: ComfyServer, pack: str) -> Non
         assert status == 200 and served == json.loads(path.read_text()), path.name
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - TRAINING_EXAMPLES))
 def test_example_runs(example_pixels: Callable[[str], np.ndarray], name: str) -> None:
     """Queued as the web UI would, the example saves one PNG (named after it) showing a real image (for a sweep's
     grid: every cell)."""
@@ -225,6 +227,22 @@ def test_example_runs(example_pixels: Callable[[str], np.ndarray], name: str) ->
             assert_a_real_image(cell)
     else:
         assert_a_real_image(example_pixels(name))
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_EXAMPLES))
+def test_training_example_runs(server: ComfyServer, workflows: dict[str, dict[str, Any]], name: str) -> None:
+    """Queued as the web UI would, the training example (TrainLoraNode loaded by ComfyUI itself, the dataset
+    encoded by MakeTrainingDataset) saves a LoRA file named after it, with finite weights that training moved off
+    their zero init."""
+    from safetensors.torch import load_file
+
+    loras = server.output_dir / "loras"
+    before = set(loras.glob(f"{name}_*.safetensors")) if loras.exists() else set()
+    assert server.run(workflows[name], timeout=PROMPT_TIMEOUT) == []
+    (saved,) = set(loras.glob(f"{name}_*.safetensors")) - before
+    weights = load_file(str(saved))
+    assert weights and all(bool(tensor.float().isfinite().all()) for tensor in weights.values())
+    assert any(bool(tensor.float().abs().sum() > 0) for name, tensor in weights.items() if "up" in name)
 
 
 @pytest.mark.parametrize("name", ["steer_sd3_flow", "steer_ksampler", "steer_all_four"])  # SD3 right after its run

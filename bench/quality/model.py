@@ -49,7 +49,8 @@ class MixtureDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
                 **_kwargs: Any) -> torch.Tensor:
         sampling = self.sampling()
-        sigma = _sigma(sampling, timesteps.to(torch.float64)).reshape(-1, 1)
+        # detached: TrainLoraNode sends timesteps that require grad; the closed form needs none (and unique has none)
+        sigma = _sigma(sampling, timesteps.detach().to(torch.float64)).reshape(-1, 1)
         if isinstance(sampling, comfy.model_sampling.CONST):
             alpha, noisy = 1 - sigma, x.to(torch.float64)
         else:  # EPS: ComfyUI feeds x / sqrt(σ² + σ_data²)
