@@ -20,7 +20,7 @@ from guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dp
 from guiders.engine import Recipe
 from guiders.negatives import ExtraNegative, negative_direction
 from guiders.pag import PerturbedAttention, pag_term
-from guiders.schedule import CURVES, ScaleSchedule
+from guiders.schedule import CURVES, MCMONKEY_CURVES, ScaleSchedule
 from guiders.skip import CFGSkip, noise_cosine
 from guiders.steps import StepTracker, interval_step
 from guiders.threshold import DynamicThreshold, imagen_threshold, mimic_threshold
@@ -184,6 +184,8 @@ def test_schedule_endpoints_are_exact(curve, steps, cfg_scale, cfg_min, switch_a
                for v in values)
     if curve in ("constant",):
         assert values == [cfg_scale] * steps
+    elif curve in MCMONKEY_CURVES:  # one end at the start; half-cosines stop at cos 1, periodic ones come back
+        assert values[0] == (cfg_min if curve in ("half_cosine_up", "sawtooth") else cfg_scale)
     elif curve.endswith("_down") and curve != "step_down":
         assert values[0] == cfg_scale and (steps == 1 or values[-1] == cfg_min)
     elif curve.endswith("_up") and curve != "step_up":
