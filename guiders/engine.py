@@ -12,7 +12,7 @@ A `Recipe` is the immutable set of guidance components on a model. For each eval
      samples that CFG-skip leaves unguided take `D_c` exactly instead of 1–2;
   3. PAG: `D += s_p·(D_c − D̂_c)` for each PAG patch (independent of CFG: it also works at scale 1 and on CFG-skipped
      steps);
-  4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the mimic scale;
+  4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the step's mimic scale;
      imagen: percentile clamp).
 """
 
@@ -31,6 +31,7 @@ from .schedule import ScaleSchedule
 from .skip import CFGSkip, noise_cosine
 from .steps import StepTracker
 from .threshold import DynamicThreshold, imagen_threshold, mimic_threshold
+from .trace import Trace, norms, record
 
 CFGRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 Component = ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
@@ -71,6 +72,7 @@ class RunState:
 
     tracker: StepTracker
     switched_at: torch.Tensor | None = None  # per sample: first step that is conditional-only (adaptive skip)
+    trace: Trace | None = None  # what each evaluation did, for SteerTrace; None costs nothing
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Plan:
     @property
     def with_perturbed(self) -> bool:
         return bool(self.perturbed)
+    mimic_scale: float = 0.0  # dynamic thresholding's (scheduled) mimic scale at this step
 
 
 def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
@@ -99,9 +102,10 @@ def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
     return keep_uncond or not math.isclose(scale, 1.0)
 
 
-def new_run(schedule: Sequence[float], evaluations: Sequence[int] | None = None) -> RunState:
+def new_run(schedule: Sequence[float], evaluations: Sequence[int] | None = None,
+            trace: Trace | None = None) -> RunState:
     """A run over `schedule`; `evaluations` per step where the sampler's stages are known (guiders/steps.py)."""
-    return RunState(StepTracker(schedule, evaluations))
+    return RunState(StepTracker(schedule, evaluations), trace=trace)
 
 
 def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: int,
@@ -126,7 +130,9 @@ def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: i
     if not with_uncond:
         guided = torch.zeros(batch, dtype=torch.bool)
     perturbed = tuple(i for i, pag in enumerate(recipe.perturbations) if pag.active(step, tracker.steps))
-    return Plan(step, scale, guided, with_uncond, negatives if with_uncond else (), perturbed)
+    mimic_scale = recipe.threshold.mimic_schedule.scale(recipe.threshold.mimic_scale, step, tracker.steps) \
+        if recipe.threshold is not None else 0.0
+    return Plan(step, scale, guided, with_uncond, negatives if with_uncond else (), perturbed, mimic_scale)
 
 
 def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
@@ -155,11 +161,12 @@ def where_guided(step_plan: Plan, guided: torch.Tensor, unguided: torch.Tensor) 
 
 def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
             denoised_negatives: Sequence[torch.Tensor] = (), denoised_perturbed: Sequence[torch.Tensor] = (),
-            cfg_rule: CFGRule = cfg) -> torch.Tensor:
+            cfg_rule: CFGRule = cfg, trace: Trace | None = None) -> torch.Tensor:
     """The guided x0 of one evaluation, in the documented order. Unguided samples' uncond is the cond already.
 
     `denoised_negatives` and `denoised_perturbed` hold one prediction per index of the plan's `negatives` and
-    `perturbed`, in that order.
+    `perturbed`, in that order. With a `trace`, what the evaluation did is added to it (guiders/trace.py); without
+    one nothing is measured.
     """
     guided = denoised_cond
     if step_plan.with_uncond:
@@ -169,13 +176,30 @@ def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denois
             guided = guided - negative.scale * negative_direction(denoised_negative, denoised_uncond, denoised_cond,
                                                                   negative.mode)
         guided = where_guided(step_plan, guided, denoised_cond)
+    pag = None
     for index, perturbed in zip(step_plan.perturbed, denoised_perturbed, strict=True):
-        guided = guided + pag_term(denoised_cond, perturbed, recipe.perturbations[index].scale)
+        term = pag_term(denoised_cond, perturbed, recipe.perturbations[index].scale)
+        guided = guided + term
+        if trace is not None:
+            pag = term if pag is None else pag + term
+    before_threshold = guided
     if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":
-            thresholded = imagen_threshold(guided, recipe.threshold.threshold_percentile)
+            thresholded = imagen_threshold(guided, recipe.threshold.percentile)
         else:
-            mimic = cfg(denoised_cond, denoised_uncond, recipe.threshold.mimic_scale)
+            mimic = cfg(denoised_cond, denoised_uncond, step_plan.mimic_scale)
             thresholded = mimic_threshold(guided, mimic, recipe.threshold)
         guided = where_guided(step_plan, thresholded, guided)
+    if trace is not None:
+        _record(trace, recipe, step_plan, guided, denoised_cond, denoised_uncond, before_threshold, pag)
     return guided
+
+
+def _record(trace: Trace, recipe: Recipe, step_plan: Plan, guided: torch.Tensor, denoised_cond: torch.Tensor,
+            denoised_uncond: torch.Tensor, before_threshold: torch.Tensor, pag: torch.Tensor | None) -> None:
+    branches = 1 + step_plan.with_uncond + len(step_plan.negatives) + len(step_plan.perturbed)
+    thresholded = recipe.threshold is not None and step_plan.with_uncond
+    record(trace, step_plan.step, step_plan.scale, step_plan.guided, branches, guided, denoised_cond,
+           denoised_cond - denoised_uncond if step_plan.with_uncond else None,
+           norms(guided) / norms(before_threshold).clamp(min=1e-30) if thresholded else None,
+           norms(pag) if pag is not None else None)

@@ -12,7 +12,9 @@ from .pag import SteerPAG
 from .preview import register_routes
 from .schedule import SteerScaleSchedule
 from .skip import SteerCFGSkip
+from .sweep import SteerSweep
 from .threshold import SteerDynamicThreshold
+from .trace import SteerTrace, SteerTracePlot
 
 register_ksampler_names()  # KSampler / KSamplerSelect list samplers by name only: see nodes/cfg_pp.py
 register_routes()  # read-only previews for js/steer.js: see nodes/preview.py
@@ -21,7 +23,7 @@ register_routes()  # read-only previews for js/steer.js: see nodes/preview.py
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG,
-                SteerCFGPPSampler, SteerConditionDropout]
+                SteerCFGPPSampler, SteerConditionDropout, SteerSweep, SteerTrace, SteerTracePlot]
 
 
 async def comfy_entrypoint() -> SteerExtension:

@@ -59,7 +59,8 @@ def _check(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None, a
                 continue
             if values[spec.id] is not None:
                 _check_value(spec, values[spec.id])
-            elif arrived and not spec.optional:
+            elif arrived and (not spec.optional or isinstance(spec, WIDGETS)):
+                # An optional widget left out arrives as its default; None is a null in the prompt.
                 raise ValueError(f"input '{spec.id}' has no value")
         if cross is not None:
             cross(values)
@@ -69,7 +70,8 @@ def _check(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None, a
 
 def check_inputs(node: type[io.ComfyNode], values: Values, cross: CrossCheck | None = None) -> None:
     """Check the values a node's `execute` received against its schema and `cross` (checks between inputs); a
-    required input given as None is an error here. Raises ValueError naming the node and the input."""
+    required input or an optional widget given as None is an error here. Raises ValueError naming the node and the
+    input."""
     _check(node, values, cross, arrived=True)
 
 

@@ -4,9 +4,10 @@ Patch nodes put a `Recipe` into the model's options and install the wrappers onc
 CFGGuider and SteerGuider) then run the same code. Wrappers chain (ComfyUI's WrappersMP), so nothing of ComfyUI or
 of other packs is replaced:
   - OUTER_SAMPLE: adds the extra negatives to the guider's conds, so ComfyUI prepares them like any cond (their hook
-    groups registered as ComfyUI registers the others'; without a ControlNet of their own, the main negative's);
-  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches) in this run's own model_options, and
-    follows the sampler's per-step callback (nodes/stages.py says how steps are attributed);
+    groups registered as ComfyUI registers the others'; without a ControlNet of their own, the main negative's),
+    and hands a traced model's recorder the latent the run returned (SteerTrace);
+  - SAMPLER_SAMPLE: starts a fresh per-run state (steps, adaptive switches, trace) in this run's own model_options,
+    and follows the sampler's per-step callback (nodes/stages.py says how steps are attributed);
   - PREDICT_NOISE: runs each evaluation through `predict`, keeping every wrapper registered inside ours.
 """
 
@@ -32,6 +33,7 @@ from .stages import tracker_for
 KEY = "steer"
 RECIPE = "steer_recipe"
 RUN = "steer_run"
+TRACE = "steer_trace"  # a guiders.trace.Recorder, set by SteerTrace
 
 
 def recipe_of(model_options: dict) -> Recipe:
@@ -69,6 +71,16 @@ def with_steer(model, component=None):
     return patched
 
 
+def without_steer(model):
+    """A clone of `model` with every Steer patch and wrapper taken off (other packs' patches stay)."""
+    plain = model.clone()
+    for key in (RECIPE, TRACE):
+        plain.model_options.pop(key, None)
+    for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.SAMPLER_SAMPLE, WrappersMP.PREDICT_NOISE):
+        plain.remove_wrappers_with_key(wrapper_type, KEY)
+    return plain
+
+
 def _outer_sample(executor, *args, **kwargs):
     guider = executor.class_obj
     # prompt_type "negative": models that encode negatives differently (SDXL refiner's aesthetic score) do so here.
@@ -79,7 +91,13 @@ def _outer_sample(executor, *args, **kwargs):
         comfy.samplers.preprocess_conds_hooks(negatives)
         guider.conds.update(negatives)
         _register_hooks(guider, negatives)
-    return executor(*args, **kwargs)
+    recorder = guider.model_options.get(TRACE)
+    if recorder is None:
+        return executor(*args, **kwargs)
+    recorder.begin()
+    output = executor(*args, **kwargs)
+    recorder.finish(output)
+    return output
 
 
 def _take_main_control(negatives: dict[str, list[dict]], main_negative: list[dict]) -> None:
@@ -120,7 +138,9 @@ def _register_hooks(guider, negatives: dict[str, list[dict]]) -> None:
 
 def _sampler_sample(executor, guider, sigmas, extra_args, callback, *args, **kwargs):
     tracker = tracker_for(executor.class_obj, sigmas, guider.model_patcher.get_model_object("model_sampling"))
-    extra_args["model_options"][RUN] = RunState(tracker)
+    recorder = extra_args["model_options"].get(TRACE)
+    trace = recorder.start(tracker.steps) if recorder is not None else None
+    extra_args["model_options"][RUN] = RunState(tracker, trace=trace)
     scale_schedule = recipe_of(extra_args["model_options"]).schedule
     unused = scale_schedule.unused_values(tracker.steps) if scale_schedule else 0
     if unused:

@@ -37,6 +37,7 @@ class Evaluation:
     out: list[torch.Tensor]
     denoised_negatives: list[torch.Tensor]
     denoised_perturbed: list[torch.Tensor]
+    trace: engine.Trace | None  # the run's SteerTrace recorder, if any
 
 
 def evaluate(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: Callable[[int], str],
@@ -74,7 +75,7 @@ def evaluate(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: 
     if step.with_uncond:
         engine.observe(recipe, run, step, x, out[0], out[1], signal_scale(guider.model_patcher, x, sigma))
     out[1] = engine.where_guided(step, out[1], out[0])  # the cond stands in for the uncond where it is skipped
-    return Evaluation(step, conds, out, denoised_negatives, denoised_perturbed)
+    return Evaluation(step, conds, out, denoised_negatives, denoised_perturbed, run.trace)
 
 
 def guide(recipe: engine.Recipe, evaluation: Evaluation, denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor,
@@ -89,7 +90,7 @@ def guide(recipe: engine.Recipe, evaluation: Evaluation, denoised_cond: torch.Te
                     "model": model, "model_options": model_options, "input_cond": positive, "input_uncond": uncond}
             return x - model_options["sampler_cfg_function"](args)
     return engine.combine(recipe, evaluation.step, denoised_cond, denoised_uncond, evaluation.denoised_negatives,
-                          evaluation.denoised_perturbed, cfg_rule)
+                          evaluation.denoised_perturbed, cfg_rule, evaluation.trace)
 
 
 def predict(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: Callable[[int], str],

@@ -42,8 +42,10 @@ class SteerScaleSchedule(io.ComfyNode):
                 io.Combo.Input("curve", options=list(CURVES), default="linear_down",
                                tooltip="f(p): constant 1; linear_down 1−p; linear_up p; cosine_down (1+cos πp)/2; "
                                        "cosine_up (1−cos πp)/2; step_down 1 before switch_at, then 0; step_up "
-                                       "the reverse; power_down 1−p^exponent; power_up p^exponent; custom: the list "
-                                       "below."),
+                                       "the reverse; power_down 1−p^exponent; power_up p^exponent; as in mcmonkey's "
+                                       "Dynamic Thresholding: half_cosine_down cos p (ends at 0.54), half_cosine_up "
+                                       "1−cos p, linear_repeating a 1→0→1 triangle per cycle, cosine_repeating "
+                                       "(1+cos 2π·cycles·p)/2, sawtooth (cycles·p) mod 1; custom: the list below."),
                 io.Float.Input("cfg_min", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="The scale where f = 0. The sampler's / guider's cfg is the scale where f = 1."),
                 io.Float.Input("switch_at", default=0.5, min=0.0, max=1.0, step=0.01,
@@ -54,6 +56,9 @@ class SteerScaleSchedule(io.ComfyNode):
                                 tooltip="custom: absolute scales per step, e.g. \"12, 10, 8, 5\"; with fewer values "
                                         "than steps the last one holds, values beyond the run's steps are unused "
                                         "(the log says so)."),
+                io.Float.Input("cycles", default=1.0, min=0.0, max=100.0, step=0.01, optional=True,
+                               tooltip="linear_repeating / cosine_repeating / sawtooth: periods over the run "
+                                       "(mcmonkey's sched_val)."),
             ],
             outputs=[io.Model.Output(tooltip="The model with the schedule applied.")],
         )
@@ -64,9 +69,9 @@ class SteerScaleSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, curve: str, cfg_min: float, switch_at: float, exponent: float,
-                custom: str) -> io.NodeOutput:
+                custom: str, cycles: float = 1.0) -> io.NodeOutput:
         check_inputs(cls, {"model": model, "curve": curve, "cfg_min": cfg_min, "switch_at": switch_at,
-                           "exponent": exponent, "custom": custom}, _cross)
+                           "exponent": exponent, "custom": custom, "cycles": cycles}, _cross)
         scales = _custom_scales(custom) if curve == "custom" else ()
-        schedule = ScaleSchedule(curve, cfg_min, switch_at, exponent, scales)
+        schedule = ScaleSchedule(curve, cfg_min, switch_at, exponent, scales, cycles)
         return io.NodeOutput(with_steer(model, schedule))

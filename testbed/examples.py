@@ -71,11 +71,17 @@ class Example:
     note: str
     build: Callable[[Family], Graph]
     plain: dict[str, Any] = field(default_factory=dict)  # plain-CFG side: "cfg", "sampler_name" overrides
-    kind: str = "image"  # "image": saves an image, shown beside plain CFG; "training": saves a LoRA
+    kind: str = "image"  # "image": saves an image, shown beside plain CFG; "training": saves a LoRA; "grid": a
+    # grid that compares by itself (SteerSweep)
 
     @property
     def training(self) -> bool:
         return self.kind == "training"
+
+    @property
+    def compare(self) -> bool:
+        """Whether the showcase adds a same-seed plain-CFG side."""
+        return self.kind == "image"
 
     @property
     def path(self) -> Path:
@@ -148,13 +154,14 @@ def _no_patches(b: Builder, model: Link, clip: Link) -> Link:
 
 def _scale_schedule(b: Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerScaleSchedule", model=model, **{"curve": "linear_down", "cfg_min": 4.0, "switch_at": 0.5,
-                                                         "exponent": 2.0, "custom": "", **settings}), 0]
+                                                         "exponent": 2.0, "custom": "", "cycles": 1.0, **settings}), 0]
 
 
 def _dynamic_threshold(b: Builder, model: Link, **settings: Any) -> Link:
     return [b.add("SteerDynamicThreshold", model=model, **{
         "mode": "latent", "mimic_scale": 7.0, "threshold_percentile": 1.0, "startpoint": "MEAN",
-        "variability": "AD", "interpolate_phi": 1.0, **settings}), 0]
+        "variability": "AD", "interpolate_phi": 1.0, "mimic_curve": "constant", "mimic_scale_min": 1.0,
+        "mimic_curve_value": 1.0, "separate_feature_channels": True, **settings}), 0]
 
 
 def _cfg_skip(b: Builder, model: Link, **settings: Any) -> Link:
@@ -195,6 +202,20 @@ def _sd3_patches(b: Builder, model: Link, clip: Link) -> Link:
 
 LOW_QUALITY = "blurry, low quality, jpeg artifacts"
 TRY = "\n\n**Try:** "
+
+
+def steer_sweep(family: Family) -> Graph:
+    """CheckpointLoaderSimple → SteerDynamicThreshold (mimic 7) → SteerSweep over cfg 4, 8, 12, 16 from one seed,
+    with the Steer patches (top row) and without them (bottom row) → SaveImage of the labelled grid."""
+    b = Builder()
+    ckpt, pos, neg, latent = _loaded(b, family, NEGATIVE)
+    model = _dynamic_threshold(b, [ckpt, 0], mimic_scale=7.0)
+    grid = b.add("SteerSweep", model=model, seed=SEED, steps=family.steps, sampler_name="euler",
+                 scheduler=family.scheduler, positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0],
+                 vae=[ckpt, 2], denoise=1.0, scales="4, 8, 12, 16", compare_without_steer=True)
+    b.add("SaveImage", images=[grid, 0], filename_prefix="steer_sweep")
+    return b.graph
+
 
 DATASET = "steer_dropout_dataset"  # a folder of ComfyUI's input/: images with same-name .txt captions
 TRAIN_STEPS = 500
@@ -334,6 +355,14 @@ EXAMPLES: dict[str, Example] = {example.key: example for example in (
         "comparison: this workflow saves a LoRA." + TRY + "rate 0.1–0.2; the empty prompt must be encoded by the "
         "model's own CLIP (SDXL and SD3 models may leave null_conditioning unconnected: zeros).",
         lambda f: condition_dropout("steer_condition_dropout", f), kind="training"),
+    Example(
+        "steer_sweep", "Steer 14 - Cfg sweep (SD1.5)", SD15,
+        "## Find the cfg: one seed, several scales, with and without Steer\n**Steer Sweep** samples cfg 4, 8, 12 "
+        "and 16 from the same seed, once through the Steer patches on its model (top row: Steer Dynamic Threshold "
+        "to cfg 7's spread) and once without them (bottom row: plain CFG), and saves one labelled grid. The grid "
+        "is its own same-seed comparison." + TRY + "up to 16 scales of your own (0–100); "
+        "compare_without_steer off for one row; any Steer patch chain on the model.",
+        steer_sweep, kind="grid"),
 )}
 
 

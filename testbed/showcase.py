@@ -16,7 +16,8 @@ from typing import Any
 from testbed.examples import Builder, Example, Graph
 from testbed.workflow import api_to_ui, combo_options, control_values, input_specs, input_type, is_widget
 
-SAMPLERS = {"KSampler", "SamplerCustomAdvanced"}
+SAMPLERS = {"KSampler", "SamplerCustomAdvanced", "SteerSweep"}
+STEER_SAMPLING = {"SteerGuider", "SteerCFGPPSampler", "SteerSweep"}  # Steer nodes that are not MODEL patches
 IMAGES = {"SaveImage", "PreviewImage"}
 LOADERS = {"CheckpointLoaderSimple"}
 DATASETS = {"LoadImageTextDataSetFromFolder", "MakeTrainingDataset"}
@@ -122,11 +123,9 @@ def _roles(graph: Graph, first_plain: int) -> dict[str, str]:
         kind = node["class_type"]
         if kind in TRAINERS:
             roles[key] = "result"
-        elif kind in LOADERS | DATASETS or kind.startswith("Empty") or (kind == "CLIPTextEncode" and not any(
-                graph[c]["class_type"].startswith("Steer") and graph[c]["class_type"] != "SteerGuider"
-                for c in consumers[key])):
-            roles[key] = "input"
-        elif kind.startswith("Steer") and kind not in ("SteerGuider", "SteerCFGPPSampler") or kind == "CLIPTextEncode":
+        elif kind in LOADERS | DATASETS or kind.startswith("Empty") or kind == "CLIPTextEncode":
+            roles[key] = "input"  # every prompt, an extra negative's too: the Steer column stays short enough
+        elif kind.startswith("Steer") and kind not in STEER_SAMPLING:
             roles[key] = "steer"
         elif kind in SAMPLERS | IMAGES | {"VAEDecode"} or len(side(key)) == 1:
             (roles[key],) = side(key)
@@ -203,7 +202,7 @@ def showcase(example: Example, object_info: dict[str, Any]) -> dict[str, Any]:
     """The UI workflow of `example` as shipped in example_workflows/."""
     steer = example.build(example.family)
     first_plain = max(map(int, steer)) + 1
-    graph = steer if example.training else with_plain_cfg(steer, example.plain)
+    graph = with_plain_cfg(steer, example.plain) if example.compare else steer
     workflow = api_to_ui(graph, object_info)
     nodes = {str(node["id"]): node for node in workflow["nodes"]}
     for node in nodes.values():

@@ -46,9 +46,11 @@ def _inputs(graph: Graph, class_type: str) -> list[dict[str, Any]]:
 def per_step(graph: Graph, plain: dict[str, Any]) -> dict[str, list[Any]]:
     """Per step of the example's Steer side: the scale, whether the negative is computed, whether PAG is, and the
     model rows per image; plus the plain-CFG scale."""
-    (sampler,) = [n for n in graph.values() if n["class_type"] in ("KSampler", "BasicScheduler")]
+    (sampler,) = [n for n in graph.values() if n["class_type"] in ("KSampler", "BasicScheduler", "SteerSweep")]
     steps = sampler["inputs"]["steps"]
-    cfg = next(n["inputs"]["cfg"] for n in graph.values() if n["class_type"] in ("KSampler", "SteerGuider"))
+    # A sweep is drawn at its highest scale, where its patches matter most.
+    cfg = next(max(parse_custom(n["inputs"]["scales"])) if n["class_type"] == "SteerSweep" else n["inputs"]["cfg"]
+               for n in graph.values() if n["class_type"] in ("KSampler", "SteerGuider", "SteerSweep"))
     sigmas = discrete_sigmas(steps)
     schedules = [ScaleSchedule(s["curve"], s["cfg_min"], s["switch_at"], s["exponent"],
                                parse_custom(s["custom"]) if s["curve"] == "custom" else ())

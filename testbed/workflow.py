@@ -53,6 +53,9 @@ def control_values(name: str, spec: Spec) -> int:
     return 2 if input_type(spec) == "COMBO" and control else 0
 
 
+_UNSAVED = object()
+
+
 def combo_options(spec: Spec) -> list[Any]:
     """The choices of a COMBO input (a list in V1 definitions, options["options"] in V3 ones)."""
     return spec[0] if isinstance(spec[0], list) else _options(spec).get("options", [])
@@ -109,8 +112,9 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str
             if is_widget(spec):
                 if isinstance(stored, dict):
                     value = stored.get(name)
-                else:
-                    value = next(values, None)
+                else:  # a workflow saved before this widget existed: the front end keeps its default
+                    value = next(values, _UNSAVED)
+                    value = default_value(spec) if value is _UNSAVED else value
                     for _ in range(control_values(name, spec)):
                         next(values, None)
                 if name not in linked:

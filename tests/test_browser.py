@@ -212,8 +212,9 @@ def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set
         images = p.evaluate(IMAGES_JS)
         if example.training:  # it saves a LoRA, no image
             assert images == [] and len(set(loras.glob(f"{key}_*.safetensors")) - before) == 1
-        else:
-            assert sorted(n["type"] for n in images) == ["PreviewImage", "SaveImage"], images
+        else:  # a sweep compares in its grid
+            expected = ["PreviewImage", "SaveImage"] if example.compare else ["SaveImage"]
+            assert sorted(n["type"] for n in images) == expected, images
         p.screenshot(path=results / f"{key}-done.png")
         assert not new_errors(page.console, baseline), new_errors(page.console, baseline)
     finally:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from guiders.dropout import dropped
 from testbed.comfy import MODELS
-from testbed.examples import EXAMPLES, EXAMPLES_DIR, FAMILIES, SDXL, Example
+from testbed.examples import EXAMPLES, EXAMPLES_DIR, FAMILIES, SD15, SDXL, Example
 from testbed.showcase import READABLE, fit_view_scale, with_plain_cfg
 from testbed.swap import TESTBED_SIZE, TESTBED_STEPS, for_testbed, steer_branch, swapped_value
 from testbed.thumbnails import DROPOUT_CELLS, discrete_sigmas, dropped_samples, per_step
@@ -23,8 +23,8 @@ from testbed.thumbnails import DROPOUT_CELLS, discrete_sigmas, dropped_samples, 
 LATENTS = {"EmptyLatentImage", "EmptySD3LatentImage"}
 ENGINE_PATCHES = {"SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative"}
 PATCHES = ENGINE_PATCHES | {"SteerPAG"}
-SAMPLERS = {"KSampler", "SamplerCustomAdvanced"}
-IMAGE_EXAMPLES = [key for key, example in EXAMPLES.items() if not example.training]
+SAMPLERS = {"KSampler", "SamplerCustomAdvanced", "SteerSweep"}
+IMAGE_EXAMPLES = [key for key, example in EXAMPLES.items() if example.compare]
 TRAINING_EXAMPLES = [key for key, example in EXAMPLES.items() if example.training]
 
 
@@ -61,7 +61,7 @@ def test_titles_are_numbered_in_order_and_fit_a_card() -> None:
 
 
 def test_kinds_are_known() -> None:
-    assert {example.kind for example in EXAMPLES.values()} == {"image", "training"}
+    assert {example.kind for example in EXAMPLES.values()} == {"image", "training", "grid"}
 
 
 @pytest.mark.parametrize("key", list(EXAMPLES))
@@ -153,6 +153,15 @@ def test_plain_cfg_comparison_shares_seed_latent_and_prompts(key: str) -> None:
             assert plain["inputs"][name] == original["inputs"][name], name
 
 
+def test_sweep_compares_in_its_own_grid() -> None:
+    """The sweep example has no added plain-CFG side: its grid has a row without the Steer patches, same seed."""
+    assert [key for key, example in EXAMPLES.items() if example.kind == "grid"] == ["steer_sweep"]
+    sweep = only(defined("steer_sweep"), {"SteerSweep"})["inputs"]
+    assert sweep["compare_without_steer"] is True and len(sweep["scales"].split(",")) > 1
+    assert {group["title"] for group in ui_file("steer_sweep")["groups"]} == {
+        "Model (SD1.5), prompts, size", "Steer", "With Steer"}
+
+
 @pytest.mark.parametrize("key", list(EXAMPLES))
 def test_ui_file_is_made_for_people(key: str) -> None:
     """A Note naming the model with its link, the loader's download entry, groups around the parts, both images (a
@@ -173,8 +182,8 @@ def test_ui_file_is_made_for_people(key: str) -> None:
         assert not any(node["type"] in ("SaveImage", "PreviewImage") for node in nodes.values())
         shown = (("Training, saves a LoRA", "TrainLoraNode"), ("Training, saves a LoRA", "SaveLoRA"),
                  ("Steer", "SteerConditionDropout"), (f"Model ({example.family.name}), dataset", "MakeTrainingDataset"))
-    else:
-        shown = (("Plain CFG, same seed", "PreviewImage"), ("With Steer", "SaveImage"))
+    else:  # a sweep's grid compares by itself: no plain-CFG side
+        shown = (("Plain CFG, same seed", "PreviewImage"),) * example.compare + (("With Steer", "SaveImage"),)
     for title, node_type in shown:
         (node,) = (node for node in nodes.values() if node["type"] == node_type)
         x, y, w, h = groups[title]
@@ -202,6 +211,8 @@ def test_thumbnail_chart_follows_the_settings() -> None:
     assert 0 < sum(skip["guided"]) < SDXL.steps and skip["rows"] == [2 if g else 1 for g in skip["guided"]]
     both = per_step(defined("steer_pag_cfg_skip"), {})
     assert both["rows"][0] == 2 and both["rows"][-1] == 2 and 3 in both["rows"]
+    sweep = per_step(defined("steer_sweep"), {})
+    assert sweep["scale"] == [16.0] * SD15.steps and all(sweep["guided"])
     sigmas = discrete_sigmas(20)
     assert sigmas == sorted(sigmas, reverse=True) and 14.0 < sigmas[0] < 15.0 and sigmas[-1] < 0.05
 

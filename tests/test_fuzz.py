@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testbed.graphs import Builder, Graph, text_to_image
+from testbed.graphs import Builder, Graph, node_of, text_to_image
 from testbed.server import ComfyServer
 
 TIMEOUT = 300.0  # a guard against a hung server, never a speed requirement
@@ -45,12 +45,40 @@ def _custom_sampler(prefix: str, guider: str, sampler: str) -> Graph:
     return b.graph
 
 
+def _trace_plot(prefix: str) -> Graph:
+    """Loader → SteerTrace → KSampler; SteerTracePlot(trace, KSampler's LATENT) → save."""
+    graph = text_to_image(prefix, steps=STEPS, patches=[("SteerTrace", {})])
+    trace, sampled = node_of(graph, "SteerTrace"), node_of(graph, "KSampler")
+    del graph[node_of(graph, "VAEDecode")]
+    graph["99"] = {"class_type": "SteerTracePlot", "inputs": {"trace": [trace, 1], "samples": [sampled, 0]}}
+    graph[node_of(graph, "SaveImage")]["inputs"]["images"] = ["99", 0]
+    return graph
+
+
+def _sweep(prefix: str) -> Graph:
+    """Loader → SteerSweep (two scales) → save."""
+    b = Builder()
+    checkpoint = b.add("CheckpointLoaderSimple", ckpt_name="steer_tiny_sd15.safetensors")
+    positive = b.add("CLIPTextEncode", text="a red apple", clip=[checkpoint, 1])
+    negative = b.add("CLIPTextEncode", text="blurry", clip=[checkpoint, 1])
+    latent = b.add("EmptyLatentImage", width=64, height=64, batch_size=1)
+    grid = b.add("SteerSweep", model=[checkpoint, 0], seed=5, steps=STEPS, sampler_name="euler", scheduler="normal",
+                 positive=[positive, 0], negative=[negative, 0], latent_image=[latent, 0], vae=[checkpoint, 2],
+                 denoise=1.0, scales="3, 6", compare_without_steer=True)
+    b.add("SaveImage", images=[grid, 0], filename_prefix=prefix)
+    return b.graph
+
+
 def valid_graph(node: str, prefix: str) -> tuple[Graph, str]:
     """A graph that runs, using `node` once; the node's id in it."""
     if node == "SteerGuider":
         graph = _custom_sampler(prefix, "SteerGuider", "KSamplerSelect")
     elif node == "SteerCFGPPSampler":
         graph = _custom_sampler(prefix, "CFGGuider", "SteerCFGPPSampler")
+    elif node == "SteerTracePlot":
+        graph = _trace_plot(prefix)
+    elif node == "SteerSweep":
+        graph = _sweep(prefix)
     else:
         graph = text_to_image(prefix, steps=STEPS, patches=[(node, {})])
     (key,) = (key for key, value in graph.items() if value["class_type"] == node)

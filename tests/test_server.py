@@ -220,8 +220,13 @@ def test_examples_are_served_as_templates(server: ComfyServer, pack: str) -> Non
 
 @pytest.mark.parametrize("name", sorted(set(EXAMPLES) - TRAINING_EXAMPLES))
 def test_example_runs(example_pixels: Callable[[str], np.ndarray], name: str) -> None:
-    """Queued as the web UI would, the example saves one PNG (named after it) showing a real image."""
-    assert_a_real_image(example_pixels(name))
+    """Queued as the web UI would, the example saves one PNG (named after it) showing a real image (for a sweep's
+    grid: every cell)."""
+    if name == "steer_sweep":
+        for cell in sweep_cells(example_pixels(name), rows=2, columns=4):
+            assert_a_real_image(cell)
+    else:
+        assert_a_real_image(example_pixels(name))
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING_EXAMPLES))
@@ -343,3 +348,81 @@ def test_run_example_prints_the_pngs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(lines) == 2 and all(path.suffix == ".png" for path in lines)
     (saved,) = (path for path in lines if path.parent == tmp_path)
     assert saved.name.startswith("steer_cfg") and saved.is_file()
+
+
+# --- SteerSweep and SteerTrace through the API ----------------------------------------------------------------------
+
+def sweep_cells(grid: np.ndarray, rows: int, columns: int, size: int = 64) -> list[np.ndarray]:
+    """The cells of a SteerSweep grid, row by row (the labels sit above and left of the cells)."""
+    band, left = grid.shape[0] - rows * size, grid.shape[1] - columns * size
+    assert band > 10 and left >= 0 and grid.shape[2] == 3, grid.shape
+    return [grid[band + r * size:band + (r + 1) * size, left + c * size:left + (c + 1) * size]
+            for r in range(rows) for c in range(columns)]
+
+
+def test_sweep_compares_steer_with_plain_cfg(example_pixels: Callable[[str], np.ndarray]) -> None:
+    """steer_sweep: cfg 4, 8, 12, 16 with thresholding to cfg 7's spread (row 1) and without (row 2). At cfg 4 the
+    guided spread is below the mimic's, so thresholding leaves it (nearly) alone; at 16 it changes the image."""
+    cells = sweep_cells(example_pixels("steer_sweep"), rows=2, columns=4)
+    assert np.abs(cells[0].astype(int) - cells[4]).max() <= 2
+    assert np.abs(cells[3].astype(int) - cells[7]).mean() > 1.0
+    assert len({cell.tobytes() for cell in cells}) == 8
+
+
+@pytest.mark.parametrize(("scales", "detail"), [("4, abc", "value 2 ('abc') is not a decimal number"),
+                                                 ("4, 300", "value 2 (300) is above 100"), ("", "no scales given")])
+def test_sweep_refuses_bad_scale_lists(server: ComfyServer, workflows: dict[str, dict[str, Any]], scales: str,
+                                       detail: str) -> None:
+    prompt = edited(workflows["steer_sweep"], "SteerSweep", scales=scales)
+    status, answer = server.post_prompt(prompt)
+    assert status == 400, answer
+    node = answer["node_errors"][node_id(prompt, "SteerSweep")]
+    (error,) = (error for error in node["errors"] if error["extra_info"].get("input_name") == "scales")
+    assert "Steer Sweep (SteerSweep): input 'scales'" in error["details"] and detail in error["details"], error
+
+
+def traced(cfg: float, prefix: str) -> dict[str, Any]:
+    """steer_ksampler's patched model through SteerTrace into KSampler; the image and SteerTracePlot's chart of the
+    run (from KSampler's LATENT) are saved as <prefix>_image / <prefix>_trace."""
+    example = EXAMPLES["steer_ksampler"]
+    prompt = edited(for_testbed(example.build(example.family)), "KSampler", cfg=cfg)
+    sampler = node_id(prompt, "KSampler")
+    first = max(map(int, prompt)) + 1
+    trace, plot, save = (str(first + i) for i in range(3))
+    prompt[trace] = {"class_type": "SteerTrace", "inputs": {"model": prompt[sampler]["inputs"]["model"]}}
+    prompt[sampler]["inputs"]["model"] = [trace, 0]
+    prompt[plot] = {"class_type": "SteerTracePlot", "inputs": {"trace": [trace, 1], "samples": [sampler, 0]}}
+    prompt[save] = {"class_type": "SaveImage", "inputs": {"images": [plot, 0], "filename_prefix": f"{prefix}_trace"}}
+    for node in prompt.values():
+        if node["class_type"] == "SaveImage" and node["inputs"]["filename_prefix"] == "steer_ksampler":
+            node["inputs"]["filename_prefix"] = f"{prefix}_image"
+    return prompt
+
+
+def run_traced(server: ComfyServer, cfg: float, prefix: str) -> np.ndarray:
+    paths = server.run(traced(cfg, prefix), timeout=PROMPT_TIMEOUT)
+    (chart,) = (path for path in paths if path.name.startswith(f"{prefix}_trace"))
+    with Image.open(chart) as image:
+        return np.asarray(image)
+
+
+def test_trace_plot_follows_requeues_with_other_settings(server: ComfyServer) -> None:
+    """SteerTrace → KSampler → SteerTracePlot from the API: a chart per image; queued again with another cfg (the
+    trace and plot nodes' own inputs unchanged, so only the sampler re-runs upstream of the plot) the chart changes,
+    and queued with the first cfg again it is the first chart again."""
+    first = run_traced(server, 10.0, "trace_a")
+    assert first.ndim == 3 and first.shape[2] == 3 and first.std() > 10
+    other = run_traced(server, 4.0, "trace_b")
+    assert first.shape == other.shape and not np.array_equal(first, other)
+    np.testing.assert_array_equal(run_traced(server, 10.0, "trace_c"), first)
+
+
+def test_prompts_saved_before_the_new_threshold_inputs_run_as_before(
+        server: ComfyServer, workflows: dict[str, dict[str, Any]], example_pixels: Callable[[str], np.ndarray]) -> None:
+    """An API prompt saved before SteerDynamicThreshold had mimic_curve, mimic_scale_min, mimic_curve_value and
+    separate_feature_channels (all optional) passes validation and gives the same pixels as with their defaults."""
+    prompt = edited(workflows["steer_dynamic_threshold"], "SteerDynamicThreshold", mimic_curve=None,
+                    mimic_scale_min=None, mimic_curve_value=None, separate_feature_channels=None)
+    prompt = edited(prompt, "SaveImage", filename_prefix="saved_before")
+    np.testing.assert_array_equal(render(server, prompt, prefix="saved_before"),
+                                  example_pixels("steer_dynamic_threshold"))

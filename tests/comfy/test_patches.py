@@ -3,6 +3,7 @@ minimum rows per model call, and manners towards ComfyUI's and other packs' hook
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -13,7 +14,7 @@ from comfy_extras.nodes_custom_sampler import DualCFGGuider
 from comfy_extras.nodes_model_advanced import RescaleCFG
 
 from testbed.sampling import FormulaGuider as Reference
-from testbed.sampling import core_guider, custom_advanced, ksampler, model_calls, run, steer_guider
+from testbed.sampling import core_guider, custom_advanced, ksampler, model_calls, run, sigmas, steer_guider
 
 
 @pytest.fixture
@@ -283,3 +284,101 @@ def test_bad_inputs_are_refused_with_the_node_input_and_range(inprocess_bed, ste
         patch(inprocess_bed.model, "SteerCFGSkip", mode="percent", start_percent=0.8, end_percent=0.2)
     with pytest.raises(ValueError, match=r"\(SteerCFGSkip\): input 'sigma_low'"):
         patch(inprocess_bed.model, "SteerCFGSkip", mode="sigma", sigma_high=1.0, sigma_low=2.0)
+
+
+# --- coming from mcmonkey's Dynamic Thresholding ---------------------------------------------------------------------
+
+def _pooled_mean_ad(guided, mimic, per_image: bool):
+    """MEAN/AD at percentile 1, each channel centred on its mean, spreads per channel or per image (all channels)."""
+    flat, mim = guided.flatten(2), mimic.flatten(2)
+    mean = flat.mean(2, keepdim=True)
+    centred, mim_centred = flat - mean, mim - mim.mean(2, keepdim=True)
+    dims = (1, 2) if per_image else (2,)
+    mim_ref = mim_centred.abs().amax(dim=dims, keepdim=True)
+    limit = torch.maximum(mim_ref, centred.abs().amax(dim=dims, keepdim=True))
+    return (centred.clamp(-limit, limit) / limit * mim_ref + mean).view_as(guided)
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_dynamic_threshold_mimic_curve_and_channel_pooling_match_reference(bed, patch, separate):
+    """mimic_curve linear_down from mimic_scale 6 to mimic_scale_min 2 over the run, statistics per channel or per
+    image over its channels (separate_feature_channels off), against an independent formula."""
+    cfg = 11.0
+    model = patch(bed.model, "SteerDynamicThreshold", mimic_scale=6.0, mimic_curve="linear_down", mimic_scale_min=2.0,
+                  separate_feature_channels=separate)
+
+    def formula(out, step, steps, _x):
+        mimic = 2.0 + 4.0 * (1 - step / (steps - 1))
+        return _pooled_mean_ad(out[1] + (out[0] - out[1]) * cfg, out[1] + (out[0] - out[1]) * mimic, not separate)
+
+    latent = bed.latent(2)
+    actual = run(core_guider(model, bed, cfg), "euler", latent, steps=6)
+    torch.testing.assert_close(actual, run(Reference(bed.model, bed, formula), "euler", latent, steps=6),
+                               rtol=1e-4, atol=1e-4)
+    constant = run(core_guider(patch(bed.model, "SteerDynamicThreshold", mimic_scale=6.0,
+                                     separate_feature_channels=separate), bed, cfg), "euler", latent, steps=6)
+    assert not torch.allclose(actual, constant)
+
+
+def test_dynamic_threshold_per_image_statistics_keep_images_apart(inprocess_bed, patch):
+    """separate_feature_channels off pools one image's channels, never the batch: changing image 0's noise leaves
+    image 1 exactly as it was (batches of equal size, so the model's own numerics are the same)."""
+    bed = inprocess_bed
+    guider = core_guider(patch(bed.model, "SteerDynamicThreshold", mimic_scale=3.0, separate_feature_channels=False),
+                         bed, 12.0)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    other = noise.clone()
+    other[0] = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(4)) * 3
+
+    def sample(initial):
+        return guider.sample(initial, bed.latent(2), comfy.samplers.sampler_object("euler"), sigmas(bed.model, 5),
+                             disable_pbar=True, seed=1)
+
+    first, second = sample(noise), sample(other)
+    assert torch.equal(first[1], second[1]) and not torch.allclose(first[0], second[0])
+
+
+def test_imagen_default_percentile_is_the_papers(inprocess_bed, patch):
+    """A new node (threshold_percentile at its default, -1 = auto) in imagen mode clamps at the paper's 0.995; a
+    workflow saved with 1.0 keeps 1.0."""
+    bed = inprocess_bed
+    latent = bed.latent(2)
+
+    def sample(**inputs):
+        return run(core_guider(patch(bed.model, "SteerDynamicThreshold", mode="imagen", **inputs), bed, 9.0), "euler",
+                   latent)
+
+    auto = sample()
+    assert torch.equal(auto, sample(threshold_percentile=0.995))
+    assert not torch.allclose(auto, sample(threshold_percentile=1.0))
+
+
+@pytest.mark.parametrize(("inputs", "expected"), [
+    ({"startpoint": "ZERO", "threshold_percentile": 0.2},
+     "Steer Dynamic Threshold (SteerDynamicThreshold): input 'threshold_percentile' (0.2) is below 0.5 with startpoint "
+     "ZERO"),
+    ({"threshold_percentile": -0.5}, "Steer Dynamic Threshold (SteerDynamicThreshold): input 'threshold_percentile' "
+                                     "(-0.5) is outside 0.0–1.0"),
+])
+def test_dynamic_threshold_refuses_settings_that_cannot_work(steer_nodes, patch, inprocess_bed, inputs, expected):
+    node = steer_nodes["SteerDynamicThreshold"]
+    settings = {"mode": "latent", "threshold_percentile": -1.0, "startpoint": "MEAN", "variability": "AD"} | inputs
+    assert expected in node.validate_inputs(**settings)
+    assert node.validate_inputs(**(settings | {"threshold_percentile": None})) is True  # linked: checked in execute
+    with pytest.raises(ValueError) as refused:
+        patch(inprocess_bed.model, "SteerDynamicThreshold", **inputs)
+    assert expected in str(refused.value)
+
+
+@pytest.mark.parametrize(("node_id", "new_inputs"), [
+    ("SteerDynamicThreshold", {"mimic_curve", "mimic_scale_min", "mimic_curve_value", "separate_feature_channels"}),
+    ("SteerScaleSchedule", {"cycles"}),
+])
+def test_new_inputs_are_optional_with_the_same_defaults_in_the_ui_and_in_python(steer_nodes, node_id, new_inputs):
+    """Saved workflows keep loading: the inputs added for mcmonkey's users are optional, and a prompt that lacks them
+    gets, in execute, the very defaults a new node shows (constant mimic, per-channel statistics, one cycle)."""
+    node = steer_nodes[node_id]
+    parameters = inspect.signature(node.execute).parameters
+    optional = {i.id: i.default for i in node.define_schema().inputs if i.optional}
+    assert set(optional) == new_inputs
+    assert {name: parameters[name].default for name in optional} == optional

@@ -155,10 +155,10 @@ def reference_combine(recipe: Recipe, scale: float, d_c, d_u, d_ns) -> torch.Ten
         out = out - negative.scale * (away if negative.mode == "subtract" else reference_perpendicular(away, d_c - d_u))
     if recipe.threshold is not None:
         if recipe.threshold.mode == "imagen":
-            out = reference_imagen(out, recipe.threshold.threshold_percentile)
+            out = reference_imagen(out, recipe.threshold.percentile)
         else:
             out = reference_mean_ad(out, d_u + recipe.threshold.mimic_scale * (d_c - d_u),
-                                    recipe.threshold.threshold_percentile)
+                                    recipe.threshold.percentile)
     return out
 
 
@@ -430,3 +430,21 @@ def test_adaptive_does_not_decide_on_pure_noise():
     x, d_c, d_u = branch_outputs(204, [True, True])
     engine.observe(recipe, run, p, x, d_c, d_u, torch.tensor([0.0, 1.0]).view(-1, 1, 1, 1))
     assert engine.plan(recipe, run, 7.0, SCHEDULE[1], 2).guided.tolist() == [True, False]
+
+
+def test_thresholding_follows_its_mimic_schedule():
+    """mcmonkey's mimic_mode: each step thresholds towards CFG at that step's mimic scale (7 → 1 linearly over the
+    10 steps, with the cfg schedule independent of it), not at the fixed mimic_scale."""
+    threshold = DynamicThreshold(mimic_scale=7.0, mimic_schedule=ScaleSchedule("linear_down", cfg_min=1.0))
+    recipe = Recipe(threshold=threshold, schedule=ScaleSchedule("linear_up", cfg_min=9.0))
+    plans = first_plan_of_each_step(recipe, 12.0, batch=3)
+    assert [plans[i].mimic_scale for i in range(STEPS)] == pytest.approx([7.0 - 6.0 * i / 9 for i in range(STEPS)])
+    assert [plans[i].scale for i in range(STEPS)] == pytest.approx([9.0 + 3.0 * i / 9 for i in range(STEPS)])
+    d_c, d_u = tensors(45, count=2)
+    for i in (0, 4, 9):
+        expected = reference_mean_ad(d_u.double() + plans[i].scale * (d_c.double() - d_u.double()),
+                                     d_u.double() + plans[i].mimic_scale * (d_c.double() - d_u.double()), 1.0)
+        torch.testing.assert_close(engine.combine(recipe, plans[i], d_c, d_u).double(), expected, rtol=1e-5,
+                                   atol=2e-5)
+    constant = first_plan_of_each_step(Recipe(threshold=DynamicThreshold(mimic_scale=4.5)), 12.0)
+    assert {plan.mimic_scale for plan in constant.values()} == {4.5}

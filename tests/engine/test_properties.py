@@ -20,12 +20,12 @@ from guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dp
 from guiders.engine import Recipe
 from guiders.negatives import ExtraNegative, negative_direction
 from guiders.pag import PerturbedAttention, pag_term
-from guiders.schedule import CURVES, ScaleSchedule
+from guiders.schedule import CURVES, MCMONKEY_CURVES, ScaleSchedule
 from guiders.skip import CFGSkip, noise_cosine
 from guiders.steps import StepTracker, interval_step
 from guiders.threshold import DynamicThreshold, imagen_threshold, mimic_threshold
 
-FAST = settings(max_examples=25, deadline=None, database=None)
+FAST = settings(max_examples=25, deadline=None, database=None, derandomize=True)  # the same examples in every run
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -100,7 +100,8 @@ def test_negative_direction(tensors3, mode):
     if mode == "perpendicular":  # orthogonal to D_c − D_u, per sample; D_n − D_u itself where D_c = D_u
         toward = (cond - uncond).flatten(1).double()
         dots = (direction.flatten(1).double() * toward).sum(1)
-        assert torch.all(dots.abs() <= 1e-4 * (1 + toward.norm(dim=1) * direction.flatten(1).double().norm(dim=1)))
+        away = (negative - uncond).flatten(1).double()  # float32 residue of the projection scales with |away|
+        assert torch.all(dots.abs() <= 1e-5 * (1 + toward.norm(dim=1) * away.norm(dim=1)))
         same = (cond == uncond).flatten(1).all(1)
         assert torch.equal(direction[same], (negative - uncond)[same])
 
@@ -184,6 +185,8 @@ def test_schedule_endpoints_are_exact(curve, steps, cfg_scale, cfg_min, switch_a
                for v in values)
     if curve in ("constant",):
         assert values == [cfg_scale] * steps
+    elif curve in MCMONKEY_CURVES:  # one end at the start; half-cosines stop at cos 1, periodic ones come back
+        assert values[0] == (cfg_min if curve in ("half_cosine_up", "sawtooth") else cfg_scale)
     elif curve.endswith("_down") and curve != "step_down":
         assert values[0] == cfg_scale and (steps == 1 or values[-1] == cfg_min)
     elif curve.endswith("_up") and curve != "step_up":
@@ -321,7 +324,7 @@ def monotone_schedules(draw) -> list[float]:
 
 
 def _separated(schedule: list[float]) -> bool:
-    return all(not math.isclose(a, b, rel_tol=1e-4) for a, b in zip(schedule, schedule[1:], strict=False))
+    return all(not math.isclose(a, b, rel_tol=1e-3) for a, b in zip(schedule, schedule[1:], strict=False))
 
 
 @FAST
@@ -332,7 +335,8 @@ def test_interval_step_of_decreasing_and_flipped_schedules(schedule, position):
         return
     for i in range(steps):
         assert interval_step(schedule[i], schedule) == i  # a step's own sigma starts it, either direction
-        inside = schedule[i] + (schedule[i + 1] - schedule[i]) * position * 0.999
+        # at least a tenth of the step away from its end, far beyond interval_step's 1e-5 relative tolerance
+        inside = schedule[i] + (schedule[i + 1] - schedule[i]) * position * 0.9
         assert interval_step(inside, schedule) == i
     assert 0 <= interval_step(100.0, schedule) < steps and 0 <= interval_step(-1.0, schedule) < steps
 

@@ -7,7 +7,7 @@ import pytest
 from guiders.schedule import ScaleSchedule, parse_custom
 
 # f(p) as the issue defines it, written here independently of guiders.schedule.
-SWITCH, EXPONENT = 0.3, 3.0
+SWITCH, EXPONENT, CYCLES = 0.3, 3.0, 2.5
 SPEC_F = {
     "constant": lambda p: 1.0,
     "linear_down": lambda p: 1.0 - p,
@@ -18,6 +18,13 @@ SPEC_F = {
     "step_up": lambda p: 0.0 if p < SWITCH else 1.0,
     "power_down": lambda p: 1.0 - p**EXPONENT,
     "power_up": lambda p: p**EXPONENT,
+    # mcmonkey's Dynamic Thresholding (dynthres_core.py interpretScale), with exact π where it writes 1.5707/6.28318.
+    "half_cosine_down": lambda p: math.cos(p),
+    "half_cosine_up": lambda p: 1.0 - math.cos(p),
+    "linear_repeating": lambda p: (0.5 - (p * CYCLES) % 1.0) * 2 if (p * CYCLES) % 1.0 < 0.5
+    else ((p * CYCLES) % 1.0 - 0.5) * 2,
+    "cosine_repeating": lambda p: math.cos(p * 2 * math.pi * CYCLES) * 0.5 + 0.5,
+    "sawtooth": lambda p: (p * CYCLES) % 1.0,
 }
 
 
@@ -29,7 +36,7 @@ def scales(schedule: ScaleSchedule, cfg: float, steps: int) -> list[float]:
 @pytest.mark.parametrize("steps", [2, 7, 10, 31])
 def test_curves_follow_the_spec(curve, steps):
     cfg, cfg_min = 8.5, 1.5
-    schedule = ScaleSchedule(curve=curve, cfg_min=cfg_min, switch_at=SWITCH, exponent=EXPONENT)
+    schedule = ScaleSchedule(curve=curve, cfg_min=cfg_min, switch_at=SWITCH, exponent=EXPONENT, cycles=CYCLES)
     for i, got in enumerate(scales(schedule, cfg, steps)):
         p = i / (steps - 1)
         assert got == pytest.approx(cfg_min + (cfg - cfg_min) * SPEC_F[curve](p), rel=1e-12, abs=1e-12), (i, p)
@@ -45,9 +52,14 @@ def test_curves_follow_the_spec(curve, steps):
     ("step_up", 5, [1.0, 1.0, 7.0, 7.0, 7.0]),
     ("power_down", 3, [7.0, 5.5, 1.0]),  # 1 − 0.5² = 0.75
     ("power_up", 3, [1.0, 2.5, 7.0]),
+    ("linear_repeating", 5, [7.0, 1.0, 7.0, 1.0, 7.0]),  # 2 cycles: phase 0, ½, 0, ½, 0
+    ("cosine_repeating", 5, [7.0, 1.0, 7.0, 1.0, 7.0]),
+    ("sawtooth", 5, [1.0, 4.0, 1.0, 4.0, 1.0]),  # phase 0, ½, 0, ½, 0 of (1 … 7)
+    ("half_cosine_down", 2, [7.0, 1.0 + 6.0 * math.cos(1.0)]),  # ends at cos 1 ≈ 0.54 of the way, as mcmonkey's
+    ("half_cosine_up", 2, [1.0, 1.0 + 6.0 * (1.0 - math.cos(1.0))]),
 ])
 def test_worked_examples(curve, steps, expected):
-    schedule = ScaleSchedule(curve=curve, cfg_min=1.0, switch_at=0.5, exponent=2.0)
+    schedule = ScaleSchedule(curve=curve, cfg_min=1.0, switch_at=0.5, exponent=2.0, cycles=2.0)
     assert scales(schedule, 7.0, steps) == pytest.approx(expected, abs=1e-12)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from reference import quantile
 
-from guiders.threshold import DynamicThreshold, imagen_threshold, mimic_threshold
+from guiders.threshold import AUTO_PERCENTILE, DynamicThreshold, imagen_threshold, mimic_threshold, settings_problem
 
 
 def std(values: list[float]) -> float:
@@ -15,30 +15,41 @@ def std(values: list[float]) -> float:
 
 
 def reference_mimic(guided: torch.Tensor, mimic: torch.Tensor, startpoint: str, variability: str,
-                    percentile: float, phi: float) -> torch.Tensor:
-    """mcmonkey's Dynamic Thresholding with per-(sample, channel) statistics, as plain loops in float64."""
+                    percentile: float, phi: float, separate: bool = True) -> torch.Tensor:
+    """mcmonkey's Dynamic Thresholding as plain loops in float64: centred per (sample, channel), spreads measured per
+    (sample, channel) or (separate=False) per sample over all its channels; ZERO + AD measures both spreads at the
+    percentile, MEAN + AD the mimic's by its max; a channel without spread is kept."""
     out = torch.empty(guided.shape, dtype=torch.float64)
     for b in range(guided.shape[0]):
-        for c in range(guided.shape[1]):
-            cfg = guided[b, c].double().flatten().tolist()
-            mim = mimic[b, c].double().flatten().tolist()
-            cfg_mean, mim_mean = sum(cfg) / len(cfg), sum(mim) / len(mim)
-            cfg_c = [v - cfg_mean for v in cfg]
-            mim_c = [v - mim_mean for v in mim]
+        groups = [[c] for c in range(guided.shape[1])] if separate else [list(range(guided.shape[1]))]
+        for channels in groups:
+            cfg, cfg_c, mim_c, means = {}, {}, {}, {}
+            for c in channels:
+                cfg[c] = guided[b, c].double().flatten().tolist()
+                mim = mimic[b, c].double().flatten().tolist()
+                means[c] = sum(cfg[c]) / len(cfg[c])
+                cfg_c[c] = [v - means[c] for v in cfg[c]]
+                mim_c[c] = [v - sum(mim) / len(mim) for v in mim]
+            all_cfg = [v for c in channels for v in cfg_c[c]]
+            all_mim = [v for c in channels for v in mim_c[c]]
             if variability == "AD":
-                mim_ref = max(abs(v) for v in mim_c)
-                cfg_ref = quantile([abs(v) for v in cfg_c], percentile)
+                mim_ref = quantile([abs(v) for v in all_mim], percentile) if startpoint == "ZERO" \
+                    else max(abs(v) for v in all_mim)
+                cfg_ref = quantile([abs(v) for v in all_cfg], percentile)
             else:
-                mim_ref, cfg_ref = std(mim_c), std(cfg_c)
-            if startpoint == "ZERO":
-                values = [v * mim_ref / cfg_ref for v in cfg]
-            elif variability == "STD":
-                values = [v / cfg_ref * mim_ref + cfg_mean for v in cfg_c]
-            else:
-                m = max(mim_ref, cfg_ref)
-                values = [min(max(v, -m), m) / m * mim_ref + cfg_mean for v in cfg_c]
-            values = [phi * v + (1 - phi) * g for v, g in zip(values, cfg, strict=True)]
-            out[b, c] = torch.tensor(values, dtype=torch.float64).view(guided.shape[2:])
+                mim_ref, cfg_ref = std(all_mim), std(all_cfg)
+            for c in channels:
+                if max(abs(v) for v in all_cfg) == 0 or (startpoint == "ZERO" and cfg_ref == 0):
+                    values = cfg[c]
+                elif startpoint == "ZERO":
+                    values = [v * mim_ref / cfg_ref for v in cfg[c]]
+                elif variability == "STD":
+                    values = [v / cfg_ref * mim_ref + means[c] for v in cfg_c[c]]
+                else:
+                    m = max(mim_ref, cfg_ref)
+                    values = [min(max(v, -m), m) / m * mim_ref + means[c] for v in cfg_c[c]]
+                values = [phi * v + (1 - phi) * g for v, g in zip(values, cfg[c], strict=True)]
+                out[b, c] = torch.tensor(values, dtype=torch.float64).view(guided.shape[2:])
     return out
 
 
@@ -71,14 +82,16 @@ def guided_and_mimic(seed: int, scale: float = 12.0, mimic_scale: float = 4.0, s
 @pytest.mark.parametrize("percentile", [1.0, 0.9])
 @pytest.mark.parametrize("phi", [1.0, 0.5, 0.3])
 @pytest.mark.parametrize(("seed", "scale", "mimic_scale"), [(0, 12.0, 4.0), (1, 9.0, 7.0), (2, 3.0, 7.0)])
-def test_latent_matches_reference(startpoint, variability, percentile, phi, seed, scale, mimic_scale):
-    """Guided spread above the mimic's (clamped), close to it, and below it (m = mim_ref: nothing clamped)."""
+@pytest.mark.parametrize("separate", [True, False])
+def test_latent_matches_reference(startpoint, variability, percentile, phi, seed, scale, mimic_scale, separate):
+    """Guided spread above the mimic's (clamped), close to it, and below it (m = mim_ref: nothing clamped); spreads
+    per (sample, channel) and, with separate_feature_channels off, per sample over all its channels."""
     guided, mimic = guided_and_mimic(seed, scale, mimic_scale)
     settings = DynamicThreshold(mode="latent", threshold_percentile=percentile, startpoint=startpoint,
-                                variability=variability, interpolate_phi=phi)
+                                variability=variability, interpolate_phi=phi, separate_feature_channels=separate)
     got = mimic_threshold(guided, mimic, settings)
     assert got.shape == guided.shape and got.dtype == guided.dtype
-    expected = reference_mimic(guided, mimic, startpoint, variability, percentile, phi)
+    expected = reference_mimic(guided, mimic, startpoint, variability, percentile, phi, separate)
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -102,8 +115,10 @@ def test_latent_with_five_dims():
     torch.testing.assert_close(mimic_threshold(guided, mimic, settings).double(), expected, rtol=1e-6, atol=1e-6)
 
 
-ALL_SETTINGS = [DynamicThreshold(startpoint=s, variability=v, threshold_percentile=p, interpolate_phi=phi)
-                for s in ("MEAN", "ZERO") for v in ("AD", "STD") for p in (1.0, 0.9) for phi in (1.0, 0.5)]
+ALL_SETTINGS = [DynamicThreshold(startpoint=s, variability=v, threshold_percentile=p, interpolate_phi=phi,
+                                  separate_feature_channels=separate)
+                for s in ("MEAN", "ZERO") for v in ("AD", "STD") for p in (1.0, 0.9) for phi in (1.0, 0.5)
+                for separate in (True, False)]
 
 
 @pytest.mark.parametrize("settings", ALL_SETTINGS)
@@ -127,6 +142,8 @@ def test_latent_flat_channels_are_finite(settings):
                        (torch.zeros(1, 4, 8, 8), torch.full((1, 4, 8, 8), -3.0))]:
         out = mimic_threshold(g_in, m_in, settings)
         assert torch.isfinite(out).all()
+    if not settings.separate_feature_channels:
+        return  # one image's channels share their statistics there
     # Channels that are not flat are untouched by their flat neighbours.
     clean_g, clean_m = guided_and_mimic(5)
     clean = mimic_threshold(clean_g, clean_m, settings)
@@ -170,7 +187,8 @@ def test_latent_batch_rows_and_channels_are_independent(settings):
     one_channel = guided.clone()
     one_channel[:, 2] *= 3
     other = mimic_threshold(one_channel, mimic, settings)
-    assert torch.equal(other[:, [0, 1, 3]], whole[:, [0, 1, 3]])
+    # Per channel, the other channels are untouched; per image (separate_feature_channels off) they rescale too.
+    assert torch.equal(other[:, [0, 1, 3]], whole[:, [0, 1, 3]]) is settings.separate_feature_channels
 
 
 @pytest.mark.parametrize("settings", ALL_SETTINGS)
@@ -250,3 +268,62 @@ def test_std_on_one_element_channels_is_left_alone(startpoint):
     guided, mimic = torch.randn(2, 4, 1, 1, generator=g) * 5, torch.randn(2, 4, 1, 1, generator=g)
     out = mimic_threshold(guided, mimic, DynamicThreshold(startpoint=startpoint, variability="STD"))
     assert torch.equal(out, guided)
+
+
+# --- small percentiles, the per-mode default (issue 7 items 6 and 11) -------------------------------------------------
+
+@pytest.mark.parametrize("percentile", [0.0, 1e-4, 0.01, 0.3])
+@pytest.mark.parametrize("separate", [True, False])
+def test_latent_small_percentiles_clamp_at_the_mimic_spread(percentile, separate):
+    """MEAN + AD at p ≈ 0 on a large latent: no channel is taken for flat and left alone (flatness is judged by the
+    real spread, not the percentile); each is clamped at the mimic's largest deviation."""
+    guided, mimic = guided_and_mimic(20, shape=(2, 4, 96, 96))
+    settings = DynamicThreshold(threshold_percentile=percentile, separate_feature_channels=separate)
+    out = mimic_threshold(guided, mimic, settings)
+    dims = (2, 3) if separate else (1, 2, 3)
+    got = (out - guided.mean(dim=(2, 3), keepdim=True)).abs().amax(dim=dims)
+    want = (mimic - mimic.mean(dim=(2, 3), keepdim=True)).abs().amax(dim=dims)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not any(torch.equal(out[b, c], guided[b, c]) for b in range(2) for c in range(4))
+
+
+@pytest.mark.parametrize("percentile", [0.0, 0.01])
+def test_latent_small_percentiles_match_the_reference(percentile):
+    guided, mimic = guided_and_mimic(21, shape=(1, 4, 24, 24))
+    got = mimic_threshold(guided, mimic, DynamicThreshold(threshold_percentile=percentile))
+    torch.testing.assert_close(got.double(), reference_mimic(guided, mimic, "MEAN", "AD", percentile, 1.0),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("percentile", [0.5, 0.8, 0.995, 1.0])
+@pytest.mark.parametrize("separate", [True, False])
+def test_zero_start_maps_a_scaled_copy_onto_the_mimic_at_every_allowed_percentile(percentile, separate):
+    """ZERO + AD compares like with like (the same p-quantile on both sides): a guided result that is the mimic
+    scaled by 3 comes back as the mimic, where mcmonkey's max/p-quantile ratio would scale by up to ~5× more."""
+    _, mimic = guided_and_mimic(22, shape=(2, 4, 32, 32))
+    settings = DynamicThreshold(startpoint="ZERO", threshold_percentile=percentile, separate_feature_channels=separate)
+    torch.testing.assert_close(mimic_threshold(mimic * 3.0, mimic, settings), mimic, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    (("latent", 0.49, "ZERO", "AD"), "input 'threshold_percentile' (0.49) is below 0.5 with startpoint ZERO"),
+    (("latent", 0.0, "ZERO", "AD"), "use 0.5–1.0, or startpoint MEAN"),
+    (("latent", 1.5, "MEAN", "AD"), "input 'threshold_percentile' (1.5) is outside 0.0–1.0"),
+    (("imagen", -0.5, "MEAN", "AD"), "input 'threshold_percentile' (-0.5) is outside 0.0–1.0 (or -1"),
+    (("latent", 0.0, "MEAN", "AD"), None),
+    (("latent", 0.0, "ZERO", "STD"), None),
+    (("imagen", 0.0, "ZERO", "AD"), None),
+    (("latent", 0.5, "ZERO", "AD"), None),
+    (("latent", AUTO_PERCENTILE, "ZERO", "AD"), None),
+])
+def test_settings_problem(settings, problem):
+    got = settings_problem(*settings)
+    assert got is None if problem is None else problem in got, got
+
+
+def test_auto_percentile_is_each_modes_own():
+    """New nodes get AUTO: mcmonkey's 1.0 for latent, the paper's 0.995 for imagen; a set value is kept as it is."""
+    assert DynamicThreshold().percentile == 1.0
+    assert DynamicThreshold(mode="imagen").percentile == 0.995
+    assert DynamicThreshold(mode="imagen", threshold_percentile=1.0).percentile == 1.0
+    assert DynamicThreshold(threshold_percentile=0.0).percentile == 0.0
