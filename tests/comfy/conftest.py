@@ -34,6 +34,20 @@ def steer_nodes(steer: ModuleType) -> dict[str, type]:
     return {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items() if name.startswith("Steer")}
 
 
+@pytest.fixture
+def patch(steer_nodes):
+    """Apply a Steer patch node by id with its schema defaults, overridden by keyword."""
+
+    def apply(model, node_id: str, **inputs):
+        cls = steer_nodes[node_id]
+        schema = cls.define_schema()
+        values = {i.id: getattr(i, "default", None) for i in schema.inputs if i.id != "model"}
+        values.update(inputs)
+        return cls.execute(model, **values).result[0]
+
+    return apply
+
+
 @pytest.fixture(scope="session")
 def steer_guider_node(steer_nodes: dict[str, type]) -> type:
     return steer_nodes["SteerGuider"]

@@ -44,16 +44,6 @@ def cfg_pp(steer_nodes):
     return sampler
 
 
-@pytest.fixture
-def patch(steer_nodes):
-    def apply(model, node_id: str, **inputs):
-        schema = steer_nodes[node_id].define_schema()
-        values = {i.id: getattr(i, "default", None) for i in schema.inputs if i.id != "model"} | inputs
-        return steer_nodes[node_id].execute(model, **values).result[0]
-
-    return apply
-
-
 def basic_guider(model, bed) -> Guider_Basic:
     guider = Guider_Basic(model)
     guider.set_conds(bed.positive)

@@ -16,21 +16,6 @@ from comfy_extras.nodes_model_advanced import RescaleCFG
 from testbed.sampling import FormulaGuider as Reference
 from testbed.sampling import core_guider, custom_advanced, ksampler, model_calls, run, sigmas, steer_guider
 
-
-@pytest.fixture
-def patch(steer_nodes):
-    """Apply a Steer patch node by id with its schema defaults, overridden by keyword."""
-
-    def apply(model, node_id: str, **inputs):
-        cls = steer_nodes[node_id]
-        schema = cls.define_schema()
-        values = {i.id: getattr(i, "default", None) for i in schema.inputs if i.id != "model"}
-        values.update(inputs)
-        return cls.execute(model, **values).result[0]
-
-    return apply
-
-
 # --- rows per call -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("door", ["ksampler", "guider"])

@@ -33,16 +33,6 @@ def step_scales(count: int) -> str:
     return ", ".join(str(BASE_SCALE + SCALE_STEP * i) for i in range(count))
 
 
-@pytest.fixture
-def patch(steer_nodes):
-    def apply(model, node_id: str, **inputs):
-        schema = steer_nodes[node_id].define_schema()
-        values = {i.id: getattr(i, "default", None) for i in schema.inputs if i.id != "model"} | inputs
-        return steer_nodes[node_id].execute(model, **values).result[0]
-
-    return apply
-
-
 def schedules(model, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     normal = sigmas(model, 6)
     every = {
