@@ -50,6 +50,16 @@ class FormulaGuider(comfy.samplers.CFGGuider):
         return self.formula(outputs, step, len(schedule) - 1, x)
 
 
+def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor) -> torch.Tensor:
+    """Reference for tests: mcmonkey's MEAN/AD dynamic thresholding, per (sample, channel), percentile 1 (any number
+    of spatial dims)."""
+    flat, mim = guided.flatten(2), mimic.flatten(2)
+    mean = flat.mean(2, keepdim=True)
+    mim_ref = (mim - mim.mean(2, keepdim=True)).abs().amax(2, keepdim=True)
+    limit = torch.maximum(mim_ref, (flat - mean).abs().amax(2, keepdim=True))
+    return ((flat - mean).clamp(-limit, limit) / limit * mim_ref + mean).view_as(guided)
+
+
 def run(guider, sampler_name: str, latent: torch.Tensor, steps: int = 6, seed: int = 1) -> torch.Tensor:
     """Sample `latent` with `guider` and a named k-diffusion sampler (no node plumbing around it)."""
     noise = comfy.sample.prepare_noise(latent, seed)

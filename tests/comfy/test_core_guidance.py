@@ -33,7 +33,7 @@ from comfy_extras.nodes_tcfg import TCFG
 from comfy_extras.nodes_video_model import VideoLinearCFGGuidance, VideoTriangleCFGGuidance
 
 from testbed.families import load_family
-from testbed.sampling import core_guider, custom_advanced, ksampler, run
+from testbed.sampling import core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 CFG = 6.0
 STEPS = 4
@@ -205,13 +205,6 @@ class Composed(comfy.samplers.CFGGuider):
         return out
 
 
-def mimic_threshold(guided: torch.Tensor, mimic: torch.Tensor) -> torch.Tensor:
-    """mcmonkey's MEAN/AD dynamic thresholding, per (sample, channel), percentile 1."""
-    flat, mim = guided.flatten(2), mimic.flatten(2)
-    mean = flat.mean(2, keepdim=True)
-    mim_ref = (mim - mim.mean(2, keepdim=True)).abs().amax(2, keepdim=True)
-    limit = torch.maximum(mim_ref, (flat - mean).abs().amax(2, keepdim=True))
-    return ((flat - mean).clamp(-limit, limit) / limit * mim_ref + mean).view_as(guided)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ from comfy_extras.nodes_flux import FluxGuidance
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
 from testbed.families import load_family
-from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampler, run
+from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 STEPS = 4
 # (family, cfg): Flux-dev runs at cfg 1 with FluxGuidance; Flux with real CFG at cfg > 1.
@@ -111,13 +111,6 @@ def test_scale_schedule(case, steer_nodes):
     assert_close(both_doors(steer_nodes, model, family, cfg), reference(family, formula))
 
 
-def _mimic(guided: torch.Tensor, mimic: torch.Tensor) -> torch.Tensor:
-    """mcmonkey's MEAN/AD thresholding, per (sample, channel), percentile 1 (any number of spatial dims)."""
-    flat, mim = guided.flatten(2), mimic.flatten(2)
-    mean = flat.mean(2, keepdim=True)
-    mim_ref = (mim - mim.mean(2, keepdim=True)).abs().amax(2, keepdim=True)
-    limit = torch.maximum(mim_ref, (flat - mean).abs().amax(2, keepdim=True))
-    return ((flat - mean).clamp(-limit, limit) / limit * mim_ref + mean).view_as(guided)
 
 
 def test_dynamic_threshold(case, steer_nodes):
@@ -129,7 +122,7 @@ def test_dynamic_threshold(case, steer_nodes):
     def formula(out, _step, _steps, _x):
         if math.isclose(cfg, 1.0):  # no guidance, nothing to threshold: the positive alone
             return out[0]
-        return _mimic(cfg_x0(out, cfg), cfg_x0(out, mimic))
+        return mimic_threshold(cfg_x0(out, cfg), cfg_x0(out, mimic))
 
     assert_close(both_doors(steer_nodes, model, family, cfg), reference(family, formula), rtol=1e-4)
 
