@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -35,3 +36,12 @@ def import_comfy() -> Path:
     args.cpu = True  # the CUDA build of torch raises "Found no NVIDIA driver" otherwise
     args.base_directory = str(BASE)
     return path
+
+
+def load_core_nodes() -> None:
+    """ComfyUI's built-in nodes (comfy_extras/), loaded as ComfyUI loads them at start, so that tests import their
+    classes from modules in the state ComfyUI leaves them in. Imported in another order some do not import at all:
+    0.33's nodes_latent and nodes_post_processing import each other, which works only in the loader's order."""
+    import nodes
+
+    asyncio.run(nodes.init_builtin_extra_nodes())

@@ -1,5 +1,5 @@
-"""In-process tests: a real ComfyUI imported on the CPU (before any test module imports comfy), with Steer loaded
-by ComfyUI's own custom-node loader, and the test bed's models."""
+"""In-process tests: a real ComfyUI imported on the CPU (before any test module imports comfy), its built-in nodes
+loaded as at its start, Steer by ComfyUI's own custom-node loader, and the test bed's models."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from testbed.comfy import BASE, MODELS, import_comfy
+from testbed.comfy import BASE, MODELS, import_comfy, load_core_nodes
 
 import_comfy()
+load_core_nodes()
 
 
 @pytest.fixture(scope="session")
