@@ -103,6 +103,7 @@ MISSING = object()
 # validation walked into them (the consumer downstream), before any Steer code runs.
 DANGLING_NODE, DANGLING_SLOT = ["9999", 0], ["1", 7]
 WIDGET_TYPES = {"FLOAT", "INT", "STRING", "BOOLEAN", "COMBO"}
+SAMPLING_NODES = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
 
 
 def cases_for(node: str, spec: dict[str, Any]) -> Iterator[Case]:
@@ -209,3 +210,64 @@ def test_hostile_inputs_get_clear_errors(server: ComfyServer) -> None:
     print(f"{len(cases)} hostile cases over {len(steer)} Steer nodes: {outcomes}")
     assert not problems, f"{len(problems)} of {len(cases)} cases:\n" + "\n".join(problems)
     np.testing.assert_array_equal(_pixels(server, reference_graph), before)
+
+
+def _combo_inputs(info: dict[str, Any]) -> Iterator[tuple[str, str, list[Any]]]:
+    """(node, input, options) for every combo input of every Steer node."""
+    for node in sorted(name for name in info if name.startswith("Steer")):
+        for section in ("required", "optional"):
+            for name, (kind, *rest) in info[node]["input"].get(section, {}).items():
+                if isinstance(kind, list) or kind == "COMBO":
+                    yield node, name, kind if isinstance(kind, list) else rest[0]["options"]
+
+
+def _names_the_options(text: str, options: list[Any]) -> bool:
+    """Every option named, or ComfyUI's own summary of a long list (it names the options of 20 or fewer)."""
+    return all(str(option) in text for option in options) or f"list of length {len(options)}" in text
+
+
+def test_a_bad_combo_value_gets_one_clear_message(server: ComfyServer) -> None:
+    """ComfyUI 0.3.75 does not check a V3 combo's value; 0.8 and later do, except for the inputs a node's
+    validate_inputs names. Either way, on every version: the prompt is refused when queued, or the node fails before
+    the sampler runs; the one message (ComfyUI repeats a validate_inputs message under each input that function
+    names) names the input, the value and what is accepted; never ComfyUI's and Steer's message for one mistake."""
+    bad = "__no_such_option__"
+    problems: list[str] = []
+    combos = list(_combo_inputs(server.object_info()))
+    assert len(combos) >= 8  # every node's combos are found
+    for index, (node, name, options) in enumerate(combos):
+        prefix = f"combo{index}"
+        graph, key = valid_graph(node, prefix)
+        graph[key]["inputs"][name] = bad
+        status, answer = server.post_prompt(graph)
+        if status == 400:
+            errors = (answer.get("node_errors") or {}).get(key, {}).get("errors", [])
+            kinds = {error["type"] for error in errors}
+            # A validate_inputs message comes as "<input> - <message>" once per input that function names.
+            texts = {error["details"].split(" - ", 1)[-1] if error["type"] == "custom_validation_failed"
+                     else error["details"] for error in errors}
+            shown = f"{node}.{name}: {json.dumps(errors)[:600]}"
+            if len(kinds) != 1 or len(texts) != 1:
+                problems.append(f"{shown}: more than one message")
+                continue
+            (text,) = texts
+            if not (name in text and bad in text and _names_the_options(text, options)):
+                problems.append(f"{shown}: unclear")
+            if kinds == {"custom_validation_failed"} and node not in text:
+                problems.append(f"{shown}: Steer's message does not name the node")
+            continue
+        assert status == 200, f"{node}.{name}: HTTP {status}: {str(answer)[:400]}"
+        entry = server.finished(answer["prompt_id"], TIMEOUT)
+        errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+        if len(errors) != 1 or errors[0]["node_id"] != key:
+            problems.append(f"{node}.{name}: ran or failed elsewhere: {str(entry['status'])[:600]}")
+            continue
+        text = errors[0]["exception_message"]
+        if not (node in text and name in text and bad in text and _names_the_options(text, options)):
+            problems.append(f"{node}.{name}: unclear: {text[:600]}")
+        sampler = {node_key for node_key, value in graph.items() if value["class_type"] in SAMPLING_NODES}
+        if node != "SteerSweep" and sampler & set(errors[0]["executed"]):
+            problems.append(f"{node}.{name}: refused only after the sampler ran")
+        if list(server.output_dir.glob(f"{prefix}_*")):
+            problems.append(f"{node}.{name}: a failed prompt wrote a file")
+    assert not problems, "\n".join(problems)
