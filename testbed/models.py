@@ -125,7 +125,7 @@ def random_weights(
             tensor = overrides[key].to(torch.float32)
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"override {key}: shape {tuple(tensor.shape)}, expected {shape}")
-        elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+        elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.RMSNorm)):  # Flux's QK norms on 0.33
             tensor = torch.ones(shape) if attr == "weight" else torch.zeros(shape)
         elif isinstance(owner, torch.nn.Embedding):
             tensor = _randn(shape, f"{salt}:{key}", EMBEDDING_STD)
