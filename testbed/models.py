@@ -316,9 +316,11 @@ def ensure_models(out: Path, record: bool = False) -> list[str]:
     return generated
 
 
-def tiny_inprocess_model() -> ModelPatcher:
+def tiny_inprocess_model(disable_dynamic: bool = False) -> ModelPatcher:
     """A ~1 M-parameter SD1.5-type model (ComfyUI BaseModel in a ModelPatcher, CPU, fp32) for tests that sample
-    in-process in seconds; weights N(0, 0.1²) from fixed seeds, so every call builds an identical model."""
+    in-process in seconds; weights N(0, 0.1²) from fixed seeds, so every call builds an identical model. Like the
+    patchers of core's loaders it carries the factory that builds it again (`cached_patcher_init`): newer ComfyUI
+    deep-copies a model through it (0.33: TrainLoraNode, MultiGPU clones), passing `disable_dynamic`."""
     import comfy.model_patcher
     import comfy.supported_models
 
@@ -328,7 +330,9 @@ def tiny_inprocess_model() -> ModelPatcher:
     cpu = torch.device("cpu")
     model = model_config.get_model({}, device=cpu)
     model.diffusion_model.load_state_dict(random_weights(model.diffusion_model, "tiny_sd15", std=TINY_WEIGHT_STD))
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    patcher.cached_patcher_init = (tiny_inprocess_model, ())
+    return patcher
 
 
 def tiny_inprocess_conds(tokens: int = 8, seed: int = 0) -> tuple[Conditioning, Conditioning]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from comfy.weight_adapter import adapter_maps
-from comfy_extras.nodes_train import TrainLoraNode
+from comfy_extras.nodes_train import LoraModelLoader, TrainLoraNode
 
 from guiders.dropout import dropped
 from testbed.models import tiny_inprocess_conds, tiny_inprocess_model
@@ -48,27 +48,38 @@ def train(model, positive: list, images: int = 3, steps: int = 8, seed: int = 0,
     torch.manual_seed(1234)
     if latents is None:
         latents = list(torch.randn((images, 1, *latent_shape), generator=torch.Generator().manual_seed(7)))
-    out = TrainLoraNode.execute(
+    # The node's own defaults for the inputs set nowhere here (newer ComfyUI adds some: 0.33 has offloading, ...).
+    defaults = {spec.id: [spec.default] for spec in TrainLoraNode.define_schema().inputs
+                if getattr(spec, "default", None) is not None}
+    out = TrainLoraNode.execute(**defaults | dict(
         model=[model], latents=[{"samples": latent} for latent in latents], positive=[positive],
         batch_size=[batch_size], grad_accumulation_steps=[1], steps=[steps], learning_rate=[1e-3], rank=[2],
         optimizer=["AdamW"], loss_function=["MSE"], seed=[seed], training_dtype=["fp32"], lora_dtype=["fp32"],
         algorithm=[next(iter(adapter_maps))], gradient_checkpointing=[checkpointing], existing_lora=["[None]"],
-    )
-    trained, lora, losses, _steps = out.result
-    return trained, {k: v.detach().clone() for k, v in lora.items()}, losses["loss"]
+    ))
+    outputs = dict(zip((output.display_name for output in TrainLoraNode.define_schema().outputs), out.result,
+                       strict=True))
+    lora = outputs["lora"]
+    # 0.33 outputs the LoRA only; its workflows apply it with LoraModelLoader, as here.
+    trained = outputs["model"] if "model" in outputs else LoraModelLoader.execute(model, lora, 1.0).result[0]
+    return trained, {k: v.detach().clone() for k, v in lora.items()}, outputs["loss_map"]["loss"]
 
 
 @contextlib.contextmanager
 def conditioning_rows(model) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
-    """(context, y) of every row of every forward of the diffusion model itself, below every ComfyUI hook."""
+    """(context, y) of every row of every forward of the diffusion model itself, below every ComfyUI hook: of
+    `model`'s diffusion model or any copy of it (0.33's TrainLoraNode trains on a fresh copy of the model)."""
     rows: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    diffusion_model = type(model.model.diffusion_model)
 
-    def record(_module, _args, kwargs):
+    def record(module, _args, kwargs, _output):
+        if type(module) is not diffusion_model:
+            return
         context, y = kwargs["context"], kwargs.get("y")
         for i in range(context.shape[0]):
             rows.append((context[i].detach().clone(), None if y is None else y[i].detach().clone()))
 
-    handle = model.model.diffusion_model.register_forward_pre_hook(record, with_kwargs=True)
+    handle = torch.nn.modules.module.register_module_forward_hook(record, with_kwargs=True)
     try:
         yield rows
     finally:
