@@ -11,15 +11,12 @@ the single-device path: the same latents, with the work really split over both m
 
 from __future__ import annotations
 
-import comfy.multigpu
-import comfy.samplers
 import pytest
 import torch
 
 from testbed.sampling import ksampler, model_calls, relative_error
 
-pytestmark = pytest.mark.skipif(not hasattr(comfy.samplers, "_calc_cond_batch_multigpu"),
-                                reason="this ComfyUI has no multi-GPU calc_cond_batch (it came after 0.8)")
+multigpu = pytest.importorskip("comfy.multigpu", reason="this ComfyUI has no multi-GPU calc_cond_batch (after 0.8)")
 
 SECOND_DEVICE = torch.device("cpu", 1)
 
@@ -32,7 +29,7 @@ def split_over_two_devices(model):
     second.is_multigpu_base_clone = True
     split.set_additional_models("multigpu", [second])
     split.match_multigpu_clones()
-    comfy.multigpu.GPUOptionsGroup().register(split)
+    multigpu.GPUOptionsGroup().register(split)
     return split
 
 
