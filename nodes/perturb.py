@@ -129,16 +129,18 @@ def _dit_block(previous, rows: dict[int, Perturbation], architecture: Architectu
             override = _attention_override(options.get("optimized_attention_override"), chunks, attending,
                                            architecture, grid, image_tokens)
             call = args | {"transformer_options": options | {"optimized_attention_override": override}}
-        out = previous(call, extra) if previous is not None else extra["original_block"](call)
         if not any(index in skipping for index in chunks):
-            return out
+            return previous(call, extra) if previous is not None else extra["original_block"](call)
+        # Blocks may update their inputs in place (Flux's do): keep what the skipped rows pass through.
+        inputs = {key: args[key].clone() for key in ("img", "txt") if isinstance(args.get(key), torch.Tensor)}
+        out = previous(call, extra) if previous is not None else extra["original_block"](call)
         batch = args["img"].shape[0]
         skipped = torch.zeros(batch, dtype=torch.bool)
         for index, part in _chunk_rows(chunks, batch):
             skipped[part] = index in skipping
-        return {key: skip_rows(args[key], value, skipped)
-                if isinstance(value, torch.Tensor) and isinstance(args.get(key), torch.Tensor)
-                and args[key].shape == value.shape else value for key, value in out.items()}
+        return {key: skip_rows(inputs[key], value, skipped)
+                if isinstance(value, torch.Tensor) and key in inputs and inputs[key].shape == value.shape else value
+                for key, value in out.items()}
 
     return block
 
