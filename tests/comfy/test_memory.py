@@ -34,15 +34,17 @@ def steer_all(steer_nodes, family, pag: bool):
     model = steer_nodes["SteerNegative"].execute(family.model, family.third, 0.5, "subtract").result[0]
     model = steer_nodes["SteerNegative"].execute(model, family.positive, 0.3, "perpendicular").result[0]
     if pag:
-        model = steer_nodes["SteerPAG"].execute(model, scale=2.0, blocks="middle.0", start_percent=0.0, end_percent=1.0).result[0]
+        blocks = "middle.0" if family.name == "sd15" else "double.0"
+        model = steer_nodes["SteerPAG"].execute(model, scale=2.0, blocks=blocks, start_percent=0.0,
+                                                end_percent=1.0).result[0]
     return model
 
 
 @pytest.mark.parametrize("name", ["sd15", "wan"])
 def test_forced_low_free_memory_splits_the_batch_and_keeps_the_latents(steer_nodes, monkeypatch, name):
     family = load_family(name)
-    pag = name == "sd15"  # SteerPAG refuses Wan (tests/comfy/test_families.py)
-    entries = 5 if pag else 4  # cond, uncond, two extra negatives (, perturbed cond)
+    pag = True
+    entries = 5  # cond, uncond, two extra negatives, perturbed cond
     model = steer_all(steer_nodes, family, pag)
     latent = family.latent(2)
     with model_calls(family.model) as rows:
