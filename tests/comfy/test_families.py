@@ -14,11 +14,11 @@ import comfy.model_sampling
 import comfy.samplers
 import pytest
 import torch
-from comfy.samplers import calc_cond_batch
 from comfy_extras.nodes_flux import FluxGuidance
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
 from testbed.families import load_family
+from testbed.perturbations import PerturbedReference
 from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 STEPS = 4
@@ -157,46 +157,21 @@ def test_extra_negative(case, steer_nodes, mode):
     assert_close(both_doors(steer_nodes, model, family, cfg), reference(family, formula, extra=(extra,)), rtol=1e-4)
 
 
-class MMDiTPerturbedReference(comfy.samplers.CFGGuider):
-    """CFG + PAG for a one-block MMDiT written from the paper: the perturbed cond in its own call, where the joint
-    attention's image queries output their own values (MMDiT orders tokens [text, image]; text queries unchanged)."""
-
-    def __init__(self, family, cfg: float, pag_scale: float):
-        super().__init__(family.model)
-        self.inner_set_conds({"positive": family.positive, "negative": family.negative})
-        self.scale, self.pag_scale = cfg, pag_scale
-        self.image_tokens = math.prod(size // 2 for size in family.latent_shape[-2:])
-
-    def identity_image_queries(self, func, q, k, v, *args, **kwargs):
-        out = func(q, k, v, *args, **kwargs).clone()
-        out[:, -self.image_tokens:] = v.reshape(out.shape)[:, -self.image_tokens:]
-        return out
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
-        positive = self.conds["positive"]
-        d_c, d_u = calc_cond_batch(self.inner_model, [positive, self.conds["negative"]], x, timestep, model_options)
-        transformer_options = model_options.get("transformer_options", {}) | {
-            "optimized_attention_override": self.identity_image_queries}
-        (d_p,) = calc_cond_batch(self.inner_model, [positive], x, timestep,
-                                 model_options | {"transformer_options": transformer_options})
-        return cfg_x0([d_c, d_u], self.scale) + self.pag_scale * (d_c - d_p)
-
-
 def test_pag(case, steer_nodes):
+    """UNets: core PerturbedAttentionGuidance; DiTs: the independent reference of testbed/perturbations.py (the
+    perturbed positive in its own call; every kind and block kind: tests/comfy/test_perturbations.py)."""
     family, cfg = case
     pag_scale = 3.0
-    if family.name in ("flux", "wan"):
-        with pytest.raises(ValueError, match=r"SteerPAG\)?: .* works on UNets \(SD1\.5, SDXL.*\) and MMDiT \(SD3\)"):
-            apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale)
-        return
     latent = family.latent(2)
     if family.name in UNET_FAMILIES:
         model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="middle.0")
         core = PerturbedAttentionGuidance.execute(family.model, pag_scale).result[0]
         expected = ksampler(core, family.positive, family.negative, cfg, "euler", latent, steps=STEPS)
     else:
-        model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="joint.0")
-        expected = custom_advanced(MMDiTPerturbedReference(family, cfg, pag_scale), "euler", latent, steps=STEPS)
+        model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="double.0")
+        patch = (1, 2, 2) if family.name == "wan" else (2, 2)
+        reference = PerturbedReference(family, cfg, pag_scale, "pag", (("double", 0, None),), patch)
+        expected = custom_advanced(reference, "euler", latent, steps=STEPS)
     actual = both_doors(steer_nodes, model, family, cfg)
     # One batched call against the reference's two: batches of different sizes round differently (see test_pag.py).
     assert ((actual - expected).norm() / expected.norm()).item() < 1e-4
