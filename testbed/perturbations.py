@@ -14,6 +14,7 @@ of its own, through ComfyUI's own extension points, with the perturbation writte
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import comfy.samplers
 import torch
@@ -40,7 +41,8 @@ def _unet_attn1(kind: str, sigma: float, latent_hw: tuple[int, int]):
     return attn1
 
 
-def _dit_block(family: str, kind: str, sigma: float, grid: tuple[int, ...], text_tokens: int, single: bool):
+def _dit_block(family: str, kind: str, sigma: float, grid: tuple[int, ...], text_tokens: int, single: bool,
+               previous=None):
     joint, text_first = LAYOUT[family]
 
     def block(args, extra):
@@ -77,7 +79,8 @@ def _dit_block(family: str, kind: str, sigma: float, grid: tuple[int, ...], text
             return out.transpose(1, 2).reshape(b, length, -1)
 
         options = args["transformer_options"] | {"optimized_attention_override": override}
-        return extra["original_block"](args | {"transformer_options": options})
+        call = args | {"transformer_options": options}
+        return previous(call, extra) if previous is not None else extra["original_block"](call)
 
     return block
 
@@ -94,28 +97,60 @@ def reference_options(model_options: dict, family: str, kind: str, blocks: tuple
         return options
     patch = patch[-len(latent_shape):]
     grid = (*latent_shape[:-len(patch)], *(-(-s // p) for s, p in zip(latent_shape[-len(patch):], patch, strict=True)))
+    replaced = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for block_kind, number, _ in blocks:
+        previous = replaced.get((f"{block_kind}_block", number))  # another pack's replace still runs
         options = set_model_options_patch_replace(
-            options, _dit_block(family, kind, sigma, grid, text_tokens, block_kind == "single"), "dit",
+            options, _dit_block(family, kind, sigma, grid, text_tokens, block_kind == "single", previous), "dit",
             f"{block_kind}_block", number)
     return options
 
 
-class PerturbedReference(comfy.samplers.CFGGuider):
-    """CFG at `cfg` plus `scale·(D_c − D̂_c)`, the perturbed positive in its own call (see the module docstring)."""
+@dataclass(frozen=True)
+class Branch:
+    """One perturbation of the reference: kind, blocks, scale, SEG σ and the per-image rescale after its term."""
 
-    def __init__(self, family, cfg: float, scale: float, kind: str, blocks, patch: tuple[int, ...] = (2, 2),
-                 sigma: float = math.inf):
+    kind: str
+    blocks: tuple[tuple[str, int, int | None], ...]
+    scale: float
+    sigma: float = math.inf
+    rescale: float = 0.0
+    window: tuple[float, float] = (math.inf, 0.0)  # (σ_high, σ_low), both included
+    adaptive: float = 0.0  # pamparamm's adaptive_scale
+
+    def scale_at(self, sampling, sigma: torch.Tensor) -> float:
+        if not self.window[1] <= float(sigma[0]) <= self.window[0]:
+            return 0.0
+        if not self.adaptive:
+            return self.scale
+        t = float(sampling.timestep(sigma[:1]))
+        return max(0.0, self.scale - self.scale * self.adaptive ** 4 * (1000 - t))
+
+
+class PerturbedReference(comfy.samplers.CFGGuider):
+    """CFG at `cfg`, then for each branch `D += s·(D_c − D̂_c)` with D̂_c from a call of its own, and where asked
+    `D ← D·(r·std(D_c)/std(D) + 1 − r)`, image by image (see the module docstring)."""
+
+    def __init__(self, family, cfg: float, branches: list[Branch], patch: tuple[int, ...] = (2, 2)):
         super().__init__(family.model)
         self.inner_set_conds({"positive": family.positive, "negative": family.negative})
-        self.family, self.scale, self.pag_scale = family, cfg, scale
-        self.kind, self.blocks, self.patch, self.sigma = kind, blocks, patch, sigma
+        self.family, self.scale, self.branches, self.patch = family, cfg, branches, patch
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
         positive = self.conds["positive"]
         d_c, d_u = calc_cond_batch(self.inner_model, [positive, self.conds["negative"]], x, timestep, model_options)
+        denoised = d_u + (d_c - d_u) * self.scale
         text_tokens = self.family.positive[0][0].shape[1]
-        options = reference_options(model_options, self.family.name, self.kind, self.blocks, tuple(x.shape[2:]),
-                                    self.patch, text_tokens, self.sigma)
-        (d_p,) = calc_cond_batch(self.inner_model, [positive], x, timestep, options)
-        return d_u + (d_c - d_u) * self.scale + self.pag_scale * (d_c - d_p)
+        for branch in self.branches:
+            scale = branch.scale_at(self.model_patcher.get_model_object("model_sampling"), timestep)
+            if scale == 0:
+                continue
+            options = reference_options(model_options, self.family.name, branch.kind, branch.blocks,
+                                        tuple(x.shape[2:]), self.patch, text_tokens, branch.sigma)
+            (d_p,) = calc_cond_batch(self.inner_model, [positive], x, timestep, options)
+            denoised = denoised + scale * (d_c - d_p)
+            if branch.rescale:
+                for row in range(denoised.shape[0]):
+                    factor = d_c[row].std() / denoised[row].std()
+                    denoised[row] = denoised[row] * (branch.rescale * factor + 1 - branch.rescale)
+        return denoised

@@ -18,7 +18,7 @@ from comfy_extras.nodes_flux import FluxGuidance
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
 from testbed.families import load_family
-from testbed.perturbations import PerturbedReference
+from testbed.perturbations import Branch, PerturbedReference
 from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 STEPS = 4
@@ -170,7 +170,7 @@ def test_pag(case, steer_nodes):
     else:
         model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="double.0")
         patch = (1, 2, 2) if family.name == "wan" else (2, 2)
-        reference = PerturbedReference(family, cfg, pag_scale, "pag", (("double", 0, None),), patch)
+        reference = PerturbedReference(family, cfg, [Branch("pag", (("double", 0, None),), pag_scale)], patch)
         expected = custom_advanced(reference, "euler", latent, steps=STEPS)
     actual = both_doors(steer_nodes, model, family, cfg)
     # One batched call against the reference's two: batches of different sizes round differently (see test_pag.py).
