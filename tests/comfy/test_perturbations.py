@@ -33,7 +33,7 @@ SCALE = 2.0
 
 def perturbed_model(steer_nodes, model, kind: str, blocks: str, sigma: float | None, **extra):
     """`model` (a MODEL, or a family's) through the kind's node, its window the whole run unless given."""
-    model = getattr(model, "model", model)
+    model = model.model if hasattr(model, "latent_shape") else model  # a Family
     cls = steer_nodes[NODES[kind]]
     values = {spec.id: spec.default for spec in cls.define_schema().inputs if spec.id != "model"}
     values |= {"scale": SCALE, "blocks": blocks, "start_percent": 0.0, "end_percent": 1.0} | extra
