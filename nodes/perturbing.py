@@ -29,6 +29,7 @@ DEFAULT_BLOCKS: dict[str, dict[str, str]] = {
     "Wan": {"pag": "double.10", "seg": "double.10", "skip": "double.10"},
     # no published layers: core SkipLayerGuidanceDiT's double 7, 8, 9.
     "Qwen-Image": {"pag": "double.7-9", "seg": "double.7-9", "skip": "double.7-9"},
+    "Lumina 2": {"pag": "double.7-9", "seg": "double.7-9"},
 }
 KIND_NAMES = {"pag": "perturbed-attention guidance", "seg": "smoothed energy guidance", "skip": "skip-layer guidance"}
 
