@@ -2,30 +2,31 @@
 
 `load_family(name)` returns a `Family` for one of `FAMILIES`:
 
-| name     | what it is                                | how it is built                                               |
-|----------|-------------------------------------------|---------------------------------------------------------------|
-| `sd15`   | SD1.5, EPS                                | the test bed's checkpoint via ComfyUI's checkpoint loader     |
-| `sd15_v` | SD1.5 fine-tune with v-prediction         | the same + core ModelSamplingDiscrete (v_prediction)          |
-| `sdxl`   | SDXL, EPS, pooled / ADM conditioning      | in-process from comfy.supported_models.SDXL (see below)       |
-| `sd3`    | SD3 MMDiT, flow                           | the test bed's file via ComfyUI's diffusion-model loader      |
-| `flux`   | Flux-dev, flow with a guidance embedding  | in-process from comfy.supported_models.Flux (see below)       |
-| `wan`    | Wan 2.1 text-to-video, flow, 5-D latents  | the test bed's file via ComfyUI's diffusion-model loader      |
-| `chroma` | Chroma (Flux blocks, no pooled vector)    | in-process from comfy.supported_models.Chroma (see below)     |
-| `hunyuan_video` | HunyuanVideo t2v, flow, 5-D latents | the test bed's file via ComfyUI's diffusion-model loader    |
-| `lumina2` | Lumina 2 (NextDiT, Gemma text)           | in-process from comfy.supported_models.Lumina2 (see below)    |
-| `qwen_image` | Qwen-Image, 5-D latents of one frame  | in-process from comfy.supported_models.QwenImage (see below)  |
+| name            | what it is                               | how it is built                                         |
+|-----------------|------------------------------------------|---------------------------------------------------------|
+| `sd15`          | SD1.5, EPS                               | the test bed's checkpoint via the checkpoint loader     |
+| `sd15_v`        | SD1.5 fine-tune with v-prediction        | the same + core ModelSamplingDiscrete (v_prediction)    |
+| `sdxl`          | SDXL, EPS, pooled / ADM conditioning     | in-process from comfy.supported_models.SDXL (see below) |
+| `sd3`           | SD3 MMDiT, flow                          | the test bed's file via the diffusion-model loader      |
+| `flux`          | Flux-dev, flow with a guidance embedding | in-process from comfy.supported_models.Flux (see below) |
+| `wan`           | Wan 2.1 text-to-video, flow, 5-D latents | the test bed's file via the diffusion-model loader      |
+| `chroma`        | Chroma (Flux blocks, no pooled vector)   | in-process from comfy.supported_models.Chroma           |
+| `hunyuan_video` | HunyuanVideo t2v, flow, 5-D latents      | the test bed's file via the diffusion-model loader      |
+| `lumina2`       | Lumina 2 (NextDiT, no `dit` replaces)    | in-process from comfy.supported_models.Lumina2          |
+| `qwen_image`    | Qwen-Image, 5-D latents of one frame     | in-process from comfy.supported_models.QwenImage        |
 
-Layer counts: the DiTs with two block kinds have 2 double + 2 single blocks (Flux 1 + 1), the others 2 blocks (Wan 1),
-so the choice of a layer matters. SDXL, Flux, Chroma, Lumina 2 and Qwen-Image cannot be files here: ComfyUI detects
-SDXL only with its full depth ([0, 0, 2, 2, 10, 10] transformers, 2.6 B parameters), Flux and Chroma only with hidden
-size 3072 (24 heads × 128; Chroma's modulation approximator is 5 × 5120 wide), Lumina 2 only with 32 heads × 128 (or
-its released widths 2304 / 3840), Qwen-Image only at its full width (24 heads × 128, text 3584). They are built from
-ComfyUI's own model config classes, as the loader would build them, with tiny sizes. Every text encoder here is far too
-big, so the conds are hand-built tensors of the encoder's width carrying what it would return (SDXL: `pooled_output`
-of 1280 for the ADM vector; Flux: `pooled_output` and, through core's FluxGuidance node, `guidance` 3.5; Chroma: T5's
-4096 and `pooled_output` None; HunyuanVideo: LLaVA-Llama-3's 4096 and CLIP-L's pooled 768, guidance 6.0 being
-ComfyUI's default; Wan: umT5's 4096; Lumina 2: Gemma-2-2B's 2304, ComfyUI derives `num_tokens` from it; Qwen-Image:
-Qwen2.5-VL's 3584). No family needs an attention mask (every token is real). Call `testbed.comfy.import_comfy()` first.
+Layer counts: the DiTs with two block kinds have 2 double + 2 single blocks, the others 2 blocks (the Wan file 1),
+so the choice of a layer matters; the HunyuanVideo file is hidden 256 with 2 heads (46 MB). SDXL, Flux, Chroma,
+Lumina 2 and Qwen-Image cannot be files here: ComfyUI detects SDXL only with its full depth ([0, 0, 2, 2, 10, 10]
+transformers, 2.6 B parameters), Flux and Chroma only with hidden size 3072 (24 heads × 128; Chroma's modulation
+approximator is 5 × 5120 wide), Lumina 2 only with 32 heads × 128 (or its released widths 2304 / 3840), Qwen-Image
+only at its full width (24 heads × 128, text 3584). They are built from ComfyUI's own model config classes, as the
+loader would build them, with tiny sizes. Every text encoder here is far too big, so the conds are hand-built tensors
+of the encoder's width carrying what it would return (SDXL: `pooled_output` of 1280 for the ADM vector; Flux:
+`pooled_output` and, through core's FluxGuidance node, `guidance` 3.5; Chroma: T5's 4096 and `pooled_output` None;
+HunyuanVideo: LLaVA-Llama-3's 4096 and CLIP-L's pooled 768, guidance 6.0 being ComfyUI's default; Wan: umT5's 4096;
+Lumina 2: Gemma-2-2B's 2304, ComfyUI derives `num_tokens` from it; Qwen-Image: Qwen2.5-VL's 3584). No family needs
+an attention mask (every token is real). Call `testbed.comfy.import_comfy()` first.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ SDXL_CONTEXT_DIM = 64
 SDXL_POOLED_DIM = 1280  # fixed by ComfyUI's SDXL ADM: pooled 1280 + 6 size embeddings of 256 = 2816
 FLUX_CONFIG: dict[str, Any] = {
     "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 64,
-    "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
     "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
 }
 FLUX_GUIDANCE = 3.5
