@@ -24,7 +24,7 @@ from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampl
 STEPS = 4
 # (family, cfg): Flux-dev runs at cfg 1 with FluxGuidance; Flux with real CFG at cfg > 1.
 CASES = [("sd15", 6.0), ("sd15_v", 6.0), ("sdxl", 6.0), ("sd3", 5.0), ("flux", 1.0), ("flux", 4.0), ("wan", 5.0),
-         ("chroma", 4.0), ("hunyuan_video", 1.0), ("lumina2", 4.0), ("qwen_image", 4.0)]
+         ("chroma", 4.0), ("hunyuan_video", 1.0), ("hunyuan_video", 4.0), ("lumina2", 4.0), ("qwen_image", 4.0)]
 CASE_IDS = [f"{name}-cfg{cfg:g}" for name, cfg in CASES]
 UNET_FAMILIES = ("sd15", "sd15_v", "sdxl")
 NO_PAG_FAMILIES = ("flux", "wan", "chroma", "hunyuan_video", "lumina2", "qwen_image")
