@@ -19,11 +19,13 @@ from typing import Any
 
 import folder_paths
 
-from ..guiders.pag import PerturbedAttention, format_block, parse_blocks
+from ..guiders.perturbation import format_block, parse_blocks
 from ..guiders.schedule import ScaleSchedule, parse_custom
 from ..guiders.skip import CFGSkip
+from .perturbing import AUTO, window
 
 MODEL_FOLDERS = ("checkpoints", "diffusion_models", "unet")
+PERTURBATION_NODES = ("SteerPAG", "SteerSEG", "SteerSkipLayer")
 CURVE_POINTS = 64
 FLOW_SHIFT = 3.0  # SD3's; Flux's own sampling differs, but its CFG window only needs the order of sigmas
 # input_blocks.4.1.transformer_blocks.0…, middle_block.1.transformer_blocks.0…, output_blocks.2.1.transformer_blocks.0…
@@ -71,22 +73,27 @@ def _settings(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
-def _sigmas(scheduler: str, steps: int, flow: bool) -> list[float]:
+def _sampling(flow: bool):
     import comfy.model_sampling
-    import comfy.samplers
 
     if flow:
         sampling = comfy.model_sampling.ModelSamplingDiscreteFlow()
         sampling.set_parameters(shift=FLOW_SHIFT)
-    else:
-        sampling = comfy.model_sampling.ModelSamplingDiscrete()
-    return comfy.samplers.calculate_sigmas(sampling, scheduler, steps).tolist()[:steps]
+        return sampling
+    return comfy.model_sampling.ModelSamplingDiscrete()
+
+
+def _sigmas(scheduler: str, steps: int, flow: bool) -> list[float]:
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(_sampling(flow), scheduler, steps).tolist()[:steps]
 
 
 def preview(node: str, values: dict[str, Any], cfg: float | None, steps: int | None, scheduler: str | None,
             flow: bool = False) -> dict[str, Any]:
     """What the node does over the run: `scales` ([progress, scale] pairs: per step when `steps` is known, else a
-    smooth curve) for SteerScaleSchedule, `active` (per step) and `window` (progress) for SteerCFGSkip / SteerPAG."""
+    smooth curve) for SteerScaleSchedule, `active` (per step) and `window` (progress) for SteerCFGSkip and the
+    perturbation nodes (SteerPAG, SteerSEG, SteerSkipLayer: their σ window on the default schedule)."""
     if node == "SteerScaleSchedule":
         custom = values.get("custom", "") or ""
         scales = parse_custom(custom) if values.get("curve") == "custom" else ()
@@ -98,17 +105,24 @@ def preview(node: str, values: dict[str, Any], cfg: float | None, steps: int | N
     if node == "SteerCFGSkip":
         skip = _settings(CFGSkip, values)
         if skip.mode == "adaptive" or not steps:
-            window = [skip.start_percent, skip.end_percent] if skip.mode == "percent" else None
-            return {"active": None, "window": window}
+            span = [skip.start_percent, skip.end_percent] if skip.mode == "percent" else None
+            return {"active": None, "window": span}
         sigmas = _sigmas(scheduler or "normal", steps, flow) if skip.mode == "sigma" else [0.0] * steps
         return {"active": [skip.guides_step(i, steps, sigmas[i]) for i in range(steps)],
                 "window": [skip.start_percent, skip.end_percent] if skip.mode == "percent" else None,
                 "sigmas": sigmas if skip.mode == "sigma" else None}
-    if node == "SteerPAG":
-        pag = PerturbedAttention(values.get("scale", 0.0), parse_blocks(values.get("blocks", "")),
-                                 values.get("start_percent", 0.0), values.get("end_percent", 1.0))
-        return {"active": [pag.active(i, steps) for i in range(steps)] if steps else None,
-                "window": [pag.start_percent, pag.end_percent], "blocks": [format_block(b) for b in pag.blocks]}
+    if node in PERTURBATION_NODES:
+        text = values.get("blocks", AUTO) or AUTO
+        blocks = [] if text.strip() == AUTO else [format_block(b) for b in parse_blocks(text)]
+        window_values = {"start_percent": 0.0, "end_percent": 1.0, "sigma_start": -1.0, "sigma_end": -1.0} | {
+            k: values[k] for k in ("start_percent", "end_percent", "sigma_start", "sigma_end") if k in values}
+        high, low = window(_sampling(flow), window_values)
+        active = None
+        if steps:
+            sigmas = _sigmas(scheduler or "normal", steps, flow)
+            active = [values.get("scale", 0.0) != 0 and low <= sigma <= high for sigma in sigmas]
+        return {"active": active, "window": [window_values["start_percent"], window_values["end_percent"]],
+                "blocks": blocks}
     raise ValueError(f"no preview for node {node!r}")
 
 

@@ -34,7 +34,7 @@ def steer_all(steer_nodes, family, pag: bool):
     model = steer_nodes["SteerNegative"].execute(family.model, family.third, 0.5, "subtract").result[0]
     model = steer_nodes["SteerNegative"].execute(model, family.positive, 0.3, "perpendicular").result[0]
     if pag:
-        model = steer_nodes["SteerPAG"].execute(model, 2.0, "middle.0", 0.0, 1.0).result[0]
+        model = steer_nodes["SteerPAG"].execute(model, scale=2.0, blocks="middle.0", start_percent=0.0, end_percent=1.0, sigma_start=-1.0, sigma_end=-1.0, adaptive_scale=0.0, rescale=0.0).result[0]
     return model
 
 
