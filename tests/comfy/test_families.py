@@ -14,11 +14,11 @@ import comfy.model_sampling
 import comfy.samplers
 import pytest
 import torch
-from comfy.samplers import calc_cond_batch
 from comfy_extras.nodes_flux import FluxGuidance
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
 from testbed.families import FAMILIES, load_family
+from testbed.perturbations import Branch, PerturbedReference
 from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 STEPS = 4
@@ -27,7 +27,6 @@ CASES = [("sd15", 6.0), ("sd15_v", 6.0), ("sdxl", 6.0), ("sd3", 5.0), ("flux", 1
          ("chroma", 4.0), ("hunyuan_video", 1.0), ("hunyuan_video", 4.0), ("lumina2", 4.0), ("qwen_image", 4.0)]
 CASE_IDS = [f"{name}-cfg{cfg:g}" for name, cfg in CASES]
 UNET_FAMILIES = ("sd15", "sd15_v", "sdxl")
-PERTURBATION_ONLY_FAMILIES = ("chroma", "hunyuan_video", "lumina2", "qwen_image")  # see test_pag
 
 
 def apply(steer_nodes, model, node_id: str, **inputs):
@@ -213,39 +212,14 @@ def test_extra_negative(case, steer_nodes, mode):
     assert_close(both_doors(steer_nodes, model, family, cfg), reference(family, formula, extra=(extra,)), rtol=1e-4)
 
 
-class MMDiTPerturbedReference(comfy.samplers.CFGGuider):
-    """CFG + PAG for a one-block MMDiT written from the paper: the perturbed cond in its own call, where the joint
-    attention's image queries output their own values (MMDiT orders tokens [text, image]; text queries unchanged)."""
-
-    def __init__(self, family, cfg: float, pag_scale: float):
-        super().__init__(family.model)
-        self.inner_set_conds({"positive": family.positive, "negative": family.negative})
-        self.scale, self.pag_scale = cfg, pag_scale
-        self.image_tokens = math.prod(size // 2 for size in family.latent_shape[-2:])
-
-    def identity_image_queries(self, func, q, k, v, *args, **kwargs):
-        out = func(q, k, v, *args, **kwargs).clone()
-        out[:, -self.image_tokens:] = v.reshape(out.shape)[:, -self.image_tokens:]
-        return out
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
-        positive = self.conds["positive"]
-        d_c, d_u = calc_cond_batch(self.inner_model, [positive, self.conds["negative"]], x, timestep, model_options)
-        transformer_options = model_options.get("transformer_options", {}) | {
-            "optimized_attention_override": self.identity_image_queries}
-        (d_p,) = calc_cond_batch(self.inner_model, [positive], x, timestep,
-                                 model_options | {"transformer_options": transformer_options})
-        return cfg_x0([d_c, d_u], self.scale) + self.pag_scale * (d_c - d_p)
-
-
 def test_pag(case, steer_nodes):
+    """UNets: core PerturbedAttentionGuidance; DiTs: the independent reference of testbed/perturbations.py (the
+    perturbed positive in its own call; every kind and block kind: tests/comfy/test_perturbations.py)."""
     family, cfg = case
     pag_scale = 3.0
-    if family.name in PERTURBATION_ONLY_FAMILIES:
-        pytest.skip("perturbation guidance on this DiT is tested in tests/comfy/test_perturbations.py")
-    if family.name in ("flux", "wan"):
-        with pytest.raises(ValueError, match=r"SteerPAG\)?: .* works on UNets \(SD1\.5, SDXL.*\) and MMDiT \(SD3\)"):
-            apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale)
+    if family.name == "lumina2":  # no `dit` block replaces in its model code
+        with pytest.raises(ValueError, match=r"SteerPAG\)?: .*NextDiT; perturbation guidance works on UNet"):
+            apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="double.0")
         return
     latent = family.latent(2)
     if family.name in UNET_FAMILIES:
@@ -253,8 +227,10 @@ def test_pag(case, steer_nodes):
         core = PerturbedAttentionGuidance.execute(family.model, pag_scale).result[0]
         expected = ksampler(core, family.positive, family.negative, cfg, "euler", latent, steps=STEPS)
     else:
-        model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="joint.0")
-        expected = custom_advanced(MMDiTPerturbedReference(family, cfg, pag_scale), "euler", latent, steps=STEPS)
+        model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="double.0")
+        patch = (1, 2, 2) if len(family.latent_shape) == 4 else (2, 2)  # video latents: [C, frames, h, w]
+        reference = PerturbedReference(family, cfg, [Branch("pag", (("double", 0, None),), pag_scale)], patch)
+        expected = custom_advanced(reference, "euler", latent, steps=STEPS)
     actual = both_doors(steer_nodes, model, family, cfg)
     # One batched call against the reference's two: batches of different sizes round differently (see test_pag.py).
     assert ((actual - expected).norm() / expected.norm()).item() < 1e-4

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from testbed.families import load_family
-from testbed.perturbations import PerturbedReference
-from testbed.sampling import custom_advanced, ksampler, model_calls
+from testbed.perturbations import Branch, PerturbedReference
+from testbed.sampling import custom_advanced, ksampler, model_calls, sigmas
 
 STEPS = 3
 NODES = {"pag": "SteerPAG", "seg": "SteerSEG", "skip": "SteerSkipLayer"}
@@ -31,13 +31,15 @@ CFG = 3.0
 SCALE = 2.0
 
 
-def perturbed_model(steer_nodes, family, kind: str, blocks: str, sigma: float | None, **extra):
+def perturbed_model(steer_nodes, model, kind: str, blocks: str, sigma: float | None, **extra):
+    """`model` (a MODEL, or a family's) through the kind's node, its window the whole run unless given."""
+    model = getattr(model, "model", model)
     cls = steer_nodes[NODES[kind]]
     values = {spec.id: spec.default for spec in cls.define_schema().inputs if spec.id != "model"}
     values |= {"scale": SCALE, "blocks": blocks, "start_percent": 0.0, "end_percent": 1.0} | extra
     if kind == "seg":
         values["blur_sigma"] = -1.0 if sigma == math.inf else sigma
-    return cls.execute(family.model, **values).result[0]
+    return cls.execute(model, **values).result[0]
 
 
 @pytest.mark.parametrize(("name", "kind", "blocks", "sigma"), CASES,
@@ -53,11 +55,131 @@ def test_batched_branch_equals_a_separate_call(steer_nodes, name, kind, blocks, 
     assert rows == [3 * 2] * STEPS  # cond, uncond and the perturbed cond of both images, in one call per step
     guider = steer_nodes["SteerGuider"].execute(model, family.positive, family.negative, CFG).result[0]
     assert torch.equal(custom_advanced(guider, "euler", latent, steps=STEPS), via_ksampler)
-    reference = PerturbedReference(family, CFG, SCALE, kind, parse_blocks(blocks), PATCH.get(name, (2, 2)),
-                                   sigma or math.inf)
+    reference = PerturbedReference(family, CFG, [Branch(kind, parse_blocks(blocks), SCALE, sigma or math.inf)],
+                                   PATCH.get(name, (2, 2)))
     expected = custom_advanced(reference, "euler", latent, steps=STEPS)
     assert torch.isfinite(via_ksampler).all()
     # One batched call against the reference's two: batches of different sizes round differently.
     assert ((via_ksampler - expected).norm() / expected.norm()).item() < 1e-4
     plain = ksampler(family.model, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
     assert ((via_ksampler - plain).norm() / plain.norm()).item() > 1e-3
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+SLG_CASES = [("sd3", "double.0", "0", ""), ("flux", "double.0, single.0", "0", "0"), ("wan", "double.0", "0", "")]
+
+
+@pytest.mark.parametrize(("name", "blocks", "double", "single"), SLG_CASES, ids=[c[0] for c in SLG_CASES])
+@pytest.mark.parametrize(("start", "end", "rescale"), [(0.0, 1.0, 0.0), (0.01, 0.5, 0.0), (0.0, 0.6, 0.5)])
+def test_skip_layer_equals_core_skip_layer_guidance_at_batch_1(steer_nodes, name, blocks, double, single, start,
+                                                                end, rescale):
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    family = load_family(name)
+    latent = family.latent(1)
+    core = SkipLayerGuidanceDiT.execute(family.model, 3.0, start, end, double, single, rescale).result[0]
+    expected = ksampler(core, family.positive, family.negative, CFG, "euler", latent, steps=4)
+    model = perturbed_model(steer_nodes, family, "skip", blocks, None, scale=3.0, start_percent=start,
+                            end_percent=end, rescale=rescale)
+    actual = ksampler(model, family.positive, family.negative, CFG, "euler", latent, steps=4)
+    assert relative_error(actual, expected) < 1e-4
+    plain = ksampler(family.model, family.positive, family.negative, CFG, "euler", latent, steps=4)
+    assert relative_error(actual, plain) > 1e-3
+
+
+def test_rescale_is_per_image_where_core_mixes_the_batch(steer_nodes):
+    """Core SkipLayerGuidanceDiT takes the standard deviations over the whole batch, so one image changes another's
+    result; Steer's rescale is per image (the reference rescales image by image)."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    family = load_family("flux")
+    latent = family.latent(2)
+    model = perturbed_model(steer_nodes, family, "skip", "double.0", None, rescale=0.7)
+    actual = ksampler(model, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
+    reference = PerturbedReference(family, CFG, [Branch("skip", (("double", 0, None),), SCALE, rescale=0.7)])
+    assert relative_error(actual, custom_advanced(reference, "euler", latent, steps=STEPS)) < 1e-4
+    core = SkipLayerGuidanceDiT.execute(family.model, SCALE, 0.0, 1.0, "0", "", 0.7).result[0]
+    assert relative_error(ksampler(core, family.positive, family.negative, CFG, "euler", latent, steps=STEPS),
+                          actual) > 1e-4
+
+
+def test_several_perturbations_are_branches_of_one_call(steer_nodes):
+    family = load_family("flux")
+    model = perturbed_model(steer_nodes, family, "pag", "double.0", None)
+    model = perturbed_model(steer_nodes, model, "seg", "single.0", 1.0, scale=1.5)
+    model = perturbed_model(steer_nodes, model, "skip", "double.0", None, scale=1.0, rescale=0.3)
+    latent = family.latent(2)
+    with model_calls(family.model) as rows:
+        actual = ksampler(model, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
+    assert rows == [5 * 2] * STEPS
+    branches = [Branch("pag", (("double", 0, None),), SCALE), Branch("seg", (("single", 0, None),), 1.5, 1.0),
+                Branch("skip", (("double", 0, None),), 1.0, rescale=0.3)]
+    expected = custom_advanced(PerturbedReference(family, CFG, branches), "euler", latent, steps=STEPS)
+    assert relative_error(actual, expected) < 1e-4
+
+
+def test_another_packs_block_replace_still_runs_for_every_row_it_should(steer_nodes):
+    """A replace another pack set on the same DiT block keeps running: for the cond and uncond rows as before, and
+    for the PAG rows with identity attention inside it; skipped rows skip the block, theirs included."""
+    family = load_family("flux")
+    seen = []
+
+    def foreign(args, extra):
+        seen.append(args["img"].shape[0])
+        out = extra["original_block"](args)
+        return out | {"img": out["img"] * 1.05}
+
+    base = family.model.clone()
+    base.set_model_patch_replace(foreign, "dit", "double_block", 0)
+    patched_family = type(family)(family.name, base, family.positive, family.negative, family.third,
+                                  family.latent_shape)
+    model = perturbed_model(steer_nodes, base, "pag", "double.0", None)
+    latent = family.latent(2)
+    actual = ksampler(model, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
+    assert seen == [3 * 2] * STEPS  # every row of the one call went through it
+    reference = PerturbedReference(patched_family, CFG, [Branch("pag", (("double", 0, None),), SCALE)])
+    assert relative_error(actual, custom_advanced(reference, "euler", latent, steps=STEPS)) < 1e-4
+    plain = ksampler(base, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
+    assert relative_error(actual, plain) > 1e-3
+
+
+def test_core_skip_layer_guidance_on_the_same_blocks_adds_its_own_term(steer_nodes):
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    family = load_family("sd3")
+    latent = family.latent(1)
+    core = SkipLayerGuidanceDiT.execute(family.model, SCALE, 0.0, 1.0, "0", "", 0.0).result[0]
+    both = perturbed_model(steer_nodes, core, "skip", "double.0", None)
+    doubled = perturbed_model(steer_nodes, family, "skip", "double.0", None, scale=2 * SCALE)
+    assert relative_error(ksampler(both, family.positive, family.negative, CFG, "euler", latent, steps=STEPS),
+                          ksampler(doubled, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)) < 1e-4
+
+
+def test_sigma_window_and_adaptive_scale(steer_nodes):
+    """pamparamm's options: a σ window and a scale fading with the timestep; the window's steps cost no rows."""
+    family = load_family("sd15")
+    latent = family.latent(2)
+    model = perturbed_model(steer_nodes, family, "pag", "middle.0", None, sigma_start=10.0, sigma_end=1.0,
+                            adaptive_scale=0.15)
+    with model_calls(family.model) as rows:
+        actual = ksampler(model, family.positive, family.negative, CFG, "euler", latent, steps=6)
+    sampling = family.model.get_model_object("model_sampling")
+    inside = [1.0 <= s <= 10.0 for s in sigmas(family.model, 6)[:-1].tolist()]
+    assert any(inside) and not all(inside)
+    assert rows == [6 if i else 4 for i in inside]
+    branch = Branch("pag", (("middle", 0, None),), SCALE, window=(10.0, 1.0), adaptive=0.15)
+    assert relative_error(actual, custom_advanced(PerturbedReference(family, CFG, [branch]), "euler", latent,
+                                                  steps=6)) < 1e-4
+    assert branch.scale_at(sampling, torch.tensor([1.5])) < SCALE  # the fading acts inside the window
+
+
+def test_kinds_that_cannot_act_are_refused_naming_what_works(steer_nodes):
+    with pytest.raises(ValueError, match=r"SteerSkipLayer\): skip-layer guidance skips DiT blocks .* UNet: use "
+                                         r"Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance"):
+        perturbed_model(steer_nodes, load_family("sd15"), "skip", "middle.0", None)
+    with pytest.raises(ValueError, match=r"SteerSEG\): input 'blocks': single\.3 not in this Flux model; it has "
+                                         r"double\.0–1, single\.0–1$"):
+        perturbed_model(steer_nodes, load_family("flux"), "seg", "single.3", 1.0)
