@@ -181,5 +181,5 @@ def test_kinds_that_cannot_act_are_refused_naming_what_works(steer_nodes):
                                          r"Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance"):
         perturbed_model(steer_nodes, load_family("sd15"), "skip", "middle.0", None)
     with pytest.raises(ValueError, match=r"SteerSEG\): input 'blocks': single\.3 not in this Flux model; it has "
-                                         r"double\.0, single\.0$"):
+                                         r"double\.0–1, single\.0–1$"):
         perturbed_model(steer_nodes, load_family("flux"), "seg", "single.3", 1.0)
