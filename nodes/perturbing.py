@@ -119,6 +119,9 @@ def patched(node: type[io.ComfyNode], kind: str, model, values: Values, **extra:
         if kind == "skip" and architecture.unet:
             raise ValueError("skip-layer guidance skips DiT blocks (double.N / single.N); this model is a UNet: use "
                              "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
+        if kind == "skip" and architecture.counted_from is not None:
+            raise ValueError(f"ComfyUI's {architecture.name} offers no per-block hook to skip a block with; use "
+                             "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
         blocks = _blocks(kind, architecture, values["blocks"])
     except ValueError as error:
         raise ValueError(f"{node_label(node)}: {error}") from None
