@@ -16,7 +16,7 @@ from testbed.sampling import custom_advanced, ksampler, model_calls, sigmas
 
 STEPS = 3
 NODES = {"pag": "SteerPAG", "seg": "SteerSEG", "skip": "SteerSkipLayer"}
-PATCH = {"sd3": (2, 2), "flux": (2, 2), "wan": (1, 2, 2)}
+PATCH = {"sd3": (2, 2), "flux": (2, 2), "wan": (1, 2, 2), "hunyuan_video": (1, 2, 2), "qwen_image": (1, 2, 2)}
 # (family, kind, blocks, SEG σ): every kind on every block kind each architecture has.
 CASES = [
     ("sd15", "pag", "middle.0", None), ("sd15", "seg", "middle.0", math.inf), ("sd15", "seg", "input.1", 1.0),
@@ -26,6 +26,13 @@ CASES = [
     ("flux", "seg", "single.0", 1.0), ("flux", "skip", "double.0", None), ("flux", "skip", "single.0", None),
     ("flux", "skip", "double.0, single.0", None),
     ("wan", "pag", "double.0", None), ("wan", "seg", "double.0", 1.0), ("wan", "skip", "double.0", None),
+    ("chroma", "pag", "double.1", None), ("chroma", "pag", "single.1", None), ("chroma", "seg", "double.0", math.inf),
+    ("chroma", "seg", "single.1", 1.0), ("chroma", "skip", "double.1, single.0", None),
+    ("hunyuan_video", "pag", "double.1", None), ("hunyuan_video", "pag", "single.0", None),
+    ("hunyuan_video", "seg", "double.1", 1.0), ("hunyuan_video", "seg", "single.1", math.inf),
+    ("hunyuan_video", "skip", "single.1", None),
+    ("qwen_image", "pag", "double.1", None), ("qwen_image", "seg", "double.0", 1.0),
+    ("qwen_image", "skip", "double.1", None),
 ]
 CFG = 3.0
 SCALE = 2.0
@@ -69,7 +76,9 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-SLG_CASES = [("sd3", "double.0", "0", ""), ("flux", "double.0, single.0", "0", "0"), ("wan", "double.0", "0", "")]
+SLG_CASES = [("sd3", "double.0", "0", ""), ("flux", "double.0, single.0", "0", "0"), ("wan", "double.0", "0", ""),
+             ("chroma", "single.1", "", "1"), ("hunyuan_video", "double.1, single.0", "1", "0"),
+             ("qwen_image", "double.1", "1", "")]
 
 
 @pytest.mark.parametrize(("name", "blocks", "double", "single"), SLG_CASES, ids=[c[0] for c in SLG_CASES])
