@@ -29,6 +29,7 @@ DEFAULT_BLOCKS: dict[str, dict[str, str]] = {
     "Wan": {"pag": "double.10", "seg": "double.10", "skip": "double.10"},
     # no published layers: core SkipLayerGuidanceDiT's double 7, 8, 9.
     "Qwen-Image": {"pag": "double.7-9", "seg": "double.7-9", "skip": "double.7-9"},
+    "Lumina 2": {"pag": "double.7-9", "seg": "double.7-9"},
 }
 KIND_NAMES = {"pag": "perturbed-attention guidance", "seg": "smoothed energy guidance", "skip": "skip-layer guidance"}
 
@@ -117,6 +118,9 @@ def patched(node: type[io.ComfyNode], kind: str, model, values: Values, **extra:
         architecture = architecture_of(model)
         if kind == "skip" and architecture.unet:
             raise ValueError("skip-layer guidance skips DiT blocks (double.N / single.N); this model is a UNet: use "
+                             "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
+        if kind == "skip" and architecture.counted_from is not None:
+            raise ValueError(f"ComfyUI's {architecture.name} offers no per-block hook to skip a block with; use "
                              "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
         blocks = _blocks(kind, architecture, values["blocks"])
     except ValueError as error:

@@ -24,9 +24,15 @@ from comfy.samplers import calc_cond_batch
 
 from .seg_reference import seg_blur
 
-# Per family: (joint attention over text and image, text tokens first) — read from ComfyUI's model code.
-LAYOUT = {"sd3": (True, True), "flux": (True, True), "chroma": (True, True), "qwen_image": (True, True),
-          "hunyuan_video": (True, False), "wan": (False, True)}
+
+def layout(family: str, model) -> tuple[bool, bool]:
+    """(joint attention over text and image, text tokens first), as ComfyUI's model code orders them: Wan's blocks
+    attend over the image alone; HunyuanVideo's order was [image, text] until its blocks lost `flipped_img_txt`."""
+    if family == "wan":
+        return False, True
+    if family == "hunyuan_video":
+        return True, not any(getattr(b, "flipped_img_txt", False) for b in model.model.diffusion_model.double_blocks)
+    return True, True
 
 
 def _unet_attn1(kind: str, sigma: float, latent_hw: tuple[int, int]):
@@ -41,10 +47,35 @@ def _unet_attn1(kind: str, sigma: float, latent_hw: tuple[int, int]):
     return attn1
 
 
-def _dit_block(family: str, kind: str, sigma: float, grid: tuple[int, ...], text_tokens: int, single: bool,
-               previous=None):
-    joint, text_first = LAYOUT[family]
+def _attention(order: tuple[bool, bool], kind: str, sigma: float, grid: tuple[int, ...], image_count: int, a, kw):
+    """The perturbed attention of one call, for every row (BHLD internally; [B, L, H·D] out, as ComfyUI's)."""
+    joint, text_first = order
+    q, k, v = a[:3]
+    heads = kw["heads"] if "heads" in kw else a[3]
+    b = q.shape[0]
+    if kw.get("skip_reshape"):
+        qh, kh, vh = q, k, v
+    else:
+        qh, kh, vh = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+    length = qh.shape[2]
+    image = slice(0, length) if not joint else (
+        slice(length - image_count, length) if text_first else slice(0, image_count))
+    if kind == "seg":
+        qh = qh.clone()
+        qh[:, :, image] = seg_blur(qh[:, :, image], grid, sigma)
+        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
+    elif not joint:
+        out = vh
+    else:
+        mask = torch.zeros(length, length)
+        mask[image, image] = float("-inf")
+        mask[image, image].fill_diagonal_(0)
+        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, length, -1)
 
+
+def _dit_block(order: tuple[bool, bool], kind: str, sigma: float, grid: tuple[int, ...], text_tokens: int, single: bool,
+               previous=None):
     def block(args, extra):
         if kind == "skip":
             return args
@@ -55,28 +86,7 @@ def _dit_block(family: str, kind: str, sigma: float, grid: tuple[int, ...], text
             calls.append(1)
             if len(calls) > 1:
                 return func(*a, **kw)
-            q, k, v = a[:3]
-            heads = kw["heads"] if "heads" in kw else a[3]
-            b = q.shape[0]
-            if kw.get("skip_reshape"):
-                qh, kh, vh = q, k, v
-            else:
-                qh, kh, vh = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-            length = qh.shape[2]
-            image = slice(0, length) if not joint else (
-                slice(length - image_count, length) if text_first else slice(0, image_count))
-            if kind == "seg":
-                qh = qh.clone()
-                qh[:, :, image] = seg_blur(qh[:, :, image], grid, sigma)
-                out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
-            elif not joint:
-                out = vh
-            else:
-                mask = torch.zeros(length, length)
-                mask[image, image] = float("-inf")
-                mask[image, image].fill_diagonal_(0)
-                out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-            return out.transpose(1, 2).reshape(b, length, -1)
+            return _attention(order, kind, sigma, grid, image_count, a, kw)
 
         options = args["transformer_options"] | {"optimized_attention_override": override}
         call = args | {"transformer_options": options}
@@ -85,10 +95,28 @@ def _dit_block(family: str, kind: str, sigma: float, grid: tuple[int, ...], text
     return block
 
 
+def _lumina_layers(kind: str, sigma: float, grid: tuple[int, ...], numbers: set[int], layers: int, text_tokens: int):
+    """Lumina 2 has no block replace: its main layers are the calls over all caption + image tokens, `layers` of them
+    per model call, in order."""
+    image_count = math.prod(grid)
+    joint_calls = []
+
+    def override(func, *a, **kw):
+        if a[0].shape[2] != text_tokens + image_count:
+            return func(*a, **kw)
+        joint_calls.append(1)
+        if (len(joint_calls) - 1) % layers not in numbers:
+            return func(*a, **kw)
+        return _attention((True, True), kind, sigma, grid, image_count, a, kw)
+
+    return override
+
+
 def reference_options(model_options: dict, family: str, kind: str, blocks: tuple[tuple[str, int, int | None], ...],
                       latent_shape: tuple[int, ...], patch: tuple[int, ...], text_tokens: int,
-                      sigma: float = math.inf) -> dict:
-    """model_options with the perturbation applied to every row of the call."""
+                      sigma: float = math.inf, layers: int = 0, order: tuple[bool, bool] = (True, True)) -> dict:
+    """model_options with the perturbation applied to every row of the call (`layers`: Lumina 2's count; `order`:
+    `layout(family, model)`)."""
     options = model_options.copy()
     if family in ("sd15", "sd15_v", "sdxl"):
         for block_kind, number, transformer in blocks:
@@ -97,11 +125,15 @@ def reference_options(model_options: dict, family: str, kind: str, blocks: tuple
         return options
     patch = patch[-len(latent_shape):]
     grid = (*latent_shape[:-len(patch)], *(-(-s // p) for s, p in zip(latent_shape[-len(patch):], patch, strict=True)))
+    if family == "lumina2":
+        transformer_options = options.get("transformer_options", {}) | {"optimized_attention_override": _lumina_layers(
+            kind, sigma, grid, {number for _, number, _ in blocks}, layers, text_tokens)}
+        return options | {"transformer_options": transformer_options}
     replaced = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for block_kind, number, _ in blocks:
         previous = replaced.get((f"{block_kind}_block", number))  # another pack's replace still runs
         options = set_model_options_patch_replace(
-            options, _dit_block(family, kind, sigma, grid, text_tokens, block_kind == "single", previous), "dit",
+            options, _dit_block(order, kind, sigma, grid, text_tokens, block_kind == "single", previous), "dit",
             f"{block_kind}_block", number)
     return options
 
@@ -145,8 +177,10 @@ class PerturbedReference(comfy.samplers.CFGGuider):
             scale = branch.scale_at(self.model_patcher.get_model_object("model_sampling"), timestep)
             if scale == 0:
                 continue
+            layers = len(getattr(self.family.model.model.diffusion_model, "layers", []))
             options = reference_options(model_options, self.family.name, branch.kind, branch.blocks,
-                                        tuple(x.shape[2:]), self.patch, text_tokens, branch.sigma)
+                                        tuple(x.shape[2:]), self.patch, text_tokens, branch.sigma, layers,
+                                        layout(self.family.name, self.family.model))
             (d_p,) = calc_cond_batch(self.inner_model, [positive], x, timestep, options)
             denoised = denoised + scale * (d_c - d_p)
             if branch.rescale:

@@ -217,10 +217,6 @@ def test_pag(case, steer_nodes):
     perturbed positive in its own call; every kind and block kind: tests/comfy/test_perturbations.py)."""
     family, cfg = case
     pag_scale = 3.0
-    if family.name == "lumina2":  # no `dit` block replaces in its model code
-        with pytest.raises(ValueError, match=r"SteerPAG\)?: .*NextDiT; perturbation guidance works on UNet"):
-            apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="double.0")
-        return
     latent = family.latent(2)
     if family.name in UNET_FAMILIES:
         model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="middle.0")

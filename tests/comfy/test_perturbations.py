@@ -16,7 +16,7 @@ from testbed.sampling import custom_advanced, ksampler, model_calls, sigmas
 
 STEPS = 3
 NODES = {"pag": "SteerPAG", "seg": "SteerSEG", "skip": "SteerSkipLayer"}
-PATCH = {"sd3": (2, 2), "flux": (2, 2), "wan": (1, 2, 2), "hunyuan_video": (1, 2, 2), "qwen_image": (1, 2, 2)}
+PATCH = {"wan": (1, 2, 2), "hunyuan_video": (1, 2, 2), "qwen_image": (1, 2, 2)}  # the others (2, 2)
 # (family, kind, blocks, SEG σ): every kind on every block kind each architecture has.
 CASES = [
     ("sd15", "pag", "middle.0", None), ("sd15", "seg", "middle.0", math.inf), ("sd15", "seg", "input.1", 1.0),
@@ -26,13 +26,12 @@ CASES = [
     ("flux", "seg", "single.0", 1.0), ("flux", "skip", "double.0", None), ("flux", "skip", "single.0", None),
     ("flux", "skip", "double.0, single.0", None),
     ("wan", "pag", "double.0", None), ("wan", "seg", "double.0", 1.0), ("wan", "skip", "double.0", None),
-    ("chroma", "pag", "double.1", None), ("chroma", "pag", "single.1", None), ("chroma", "seg", "double.0", math.inf),
-    ("chroma", "seg", "single.1", 1.0), ("chroma", "skip", "double.1, single.0", None),
-    ("hunyuan_video", "pag", "double.1", None), ("hunyuan_video", "pag", "single.0", None),
-    ("hunyuan_video", "seg", "double.1", 1.0), ("hunyuan_video", "seg", "single.1", math.inf),
-    ("hunyuan_video", "skip", "single.1", None),
-    ("qwen_image", "pag", "double.1", None), ("qwen_image", "seg", "double.0", 1.0),
+    ("chroma", "pag", "double.1", None), ("chroma", "seg", "single.1", 1.0), ("chroma", "skip", "single.0", None),
+    ("hunyuan_video", "pag", "double.0", None), ("hunyuan_video", "pag", "single.1", None),
+    ("hunyuan_video", "seg", "double.1", 1.0), ("hunyuan_video", "skip", "double.0, single.0", None),
+    ("qwen_image", "pag", "double.1", None), ("qwen_image", "seg", "double.0", math.inf),
     ("qwen_image", "skip", "double.1", None),
+    ("lumina2", "pag", "double.1", None), ("lumina2", "seg", "double.0", 1.0),
 ]
 CFG = 3.0
 SCALE = 2.0
@@ -40,7 +39,7 @@ SCALE = 2.0
 
 def perturbed_model(steer_nodes, model, kind: str, blocks: str, sigma: float | None, **extra):
     """`model` (a MODEL, or a family's) through the kind's node, its window the whole run unless given."""
-    model = getattr(model, "model", model)
+    model = model.model if hasattr(model, "latent_shape") else model  # a Family
     cls = steer_nodes[NODES[kind]]
     values = {spec.id: spec.default for spec in cls.define_schema().inputs if spec.id != "model"}
     values |= {"scale": SCALE, "blocks": blocks, "start_percent": 0.0, "end_percent": 1.0} | extra
@@ -189,6 +188,9 @@ def test_kinds_that_cannot_act_are_refused_naming_what_works(steer_nodes):
     with pytest.raises(ValueError, match=r"SteerSkipLayer\): skip-layer guidance skips DiT blocks .* UNet: use "
                                          r"Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance"):
         perturbed_model(steer_nodes, load_family("sd15"), "skip", "middle.0", None)
+    with pytest.raises(ValueError, match=r"SteerSkipLayer\): ComfyUI's Lumina 2 offers no per-block hook .* use "
+                                         r"Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance"):
+        perturbed_model(steer_nodes, load_family("lumina2"), "skip", "double.0", None)
     with pytest.raises(ValueError, match=r"SteerSEG\): input 'blocks': single\.3 not in this Flux model; it has "
                                          r"double\.0–1, single\.0–1$"):
         perturbed_model(steer_nodes, load_family("flux"), "seg", "single.3", 1.0)
