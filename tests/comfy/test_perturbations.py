@@ -194,3 +194,33 @@ def test_kinds_that_cannot_act_are_refused_naming_what_works(steer_nodes):
     with pytest.raises(ValueError, match=r"SteerSEG\): input 'blocks': single\.3 not in this Flux model; it has "
                                          r"double\.0–1, single\.0–1$"):
         perturbed_model(steer_nodes, load_family("flux"), "seg", "single.3", 1.0)
+
+
+@pytest.mark.parametrize("name", ["flux", "qwen_image"])
+def test_newer_comfyuis_attention_patches_keep_running(steer_nodes, name):
+    """ComfyUI ≥ 0.8 lets packs patch Flux's and Qwen-Image's joint attention (`attn1_patch` on q, k, v before it,
+    Flux's `attn1_output_patch` after it); under Steer's perturbation they still act on every row, as in the
+    reference's own calls. Skipped where the installed ComfyUI has no such hook."""
+    import inspect
+
+    import comfy.ldm.flux.layers
+    import comfy.ldm.qwen_image.model
+
+    source = inspect.getsource(comfy.ldm.flux.layers if name == "flux" else comfy.ldm.qwen_image.model)
+    if "attn1_patch" not in source:
+        pytest.skip("this ComfyUI has no attn1_patch hook in its DiT attention")
+    family = load_family(name)
+    base = family.model.clone()
+    base.set_model_attn1_patch(lambda q, k, v, pe=None, attn_mask=None, extra_options=None: {"q": q * 1.2})
+    if "attn1_output_patch" in source:
+        base.set_model_attn1_output_patch(lambda attention, extra_options: attention * 0.9)
+    patched = type(family)(family.name, base, family.positive, family.negative, family.third, family.latent_shape)
+    model = perturbed_model(steer_nodes, base, "pag", "double.0", None)
+    latent = family.latent(2)
+    actual = ksampler(model, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
+    reference = PerturbedReference(patched, CFG, [Branch("pag", (("double", 0, None),), SCALE)],
+                                   PATCH.get(name, (2, 2)))
+    assert relative_error(actual, custom_advanced(reference, "euler", latent, steps=STEPS)) < 1e-4
+    without = ksampler(perturbed_model(steer_nodes, family, "pag", "double.0", None), family.positive,
+                       family.negative, CFG, "euler", latent, steps=STEPS)
+    assert relative_error(actual, without) > 1e-3  # the other pack's patches acted
