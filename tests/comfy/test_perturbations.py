@@ -75,7 +75,9 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-SLG_CASES = [("sd3", "double.0", "0", ""), ("flux", "double.0, single.0", "0", "0"), ("wan", "double.0", "0", "")]
+SLG_CASES = [("sd3", "double.0", "0", ""), ("flux", "double.0, single.0", "0", "0"), ("wan", "double.0", "0", ""),
+             ("chroma", "single.1", "", "1"), ("hunyuan_video", "double.1, single.0", "1", "0"),
+             ("qwen_image", "double.1", "1", "")]
 
 
 @pytest.mark.parametrize(("name", "blocks", "double", "single"), SLG_CASES, ids=[c[0] for c in SLG_CASES])
