@@ -48,6 +48,11 @@ def discrete_sigma(t: float) -> float:
     return math.exp(LOG_SIGMAS[low] + (LOG_SIGMAS[low + 1] - LOG_SIGMAS[low]) * (t - low))
 
 
+def discrete_timestep(sigma: float) -> float:
+    """The timestep the model gets at σ: the nearest of the 1000 in log σ, as ModelSamplingDiscrete.timestep."""
+    return float(min(range(1000), key=lambda t: abs(math.log(sigma) - LOG_SIGMAS[t])))
+
+
 def flow_sigma(t: float) -> float:
     """σ at time t (0–1) of SD3's flow sampling: time_snr_shift(3, t)."""
     return FLOW_SHIFT * t / (1 + (FLOW_SHIFT - 1) * t)
@@ -60,7 +65,7 @@ def schedule(steps: int, flow: bool = False) -> list[tuple[float, float]]:
         times = [1 - (1 - t_min) * i / steps for i in range(steps)]
         return [(flow_sigma(t), flow_sigma(t) * 1000) for t in times]
     times = [999 * (1 - i / (steps - 1)) if steps > 1 else 999.0 for i in range(steps)]
-    return [(discrete_sigma(t), t) for t in times]
+    return [(discrete_sigma(t), discrete_timestep(discrete_sigma(t))) for t in times]
 
 
 def discrete_sigmas(steps: int) -> list[float]:

@@ -220,3 +220,45 @@ def test_preview_refusals(preview: ModuleType) -> None:
         preview.preview("SteerGuider", {}, 7.0, 5, "normal")
     with pytest.raises(ValueError, match="block 1"):
         preview.preview("SteerPAG", {"blocks": "middle"}, 7.0, 5, "normal")
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_card_sigmas_are_comfyuis(flow: bool) -> None:
+    """The template cards (testbed/thumbnails.py, drawn without ComfyUI) use ComfyUI's sigmas, model timesteps and
+    percent_to_sigma: SD1.5 / SDXL's normal schedule, SD3's sgm_uniform with shift 3."""
+    import comfy.samplers
+    from comfy.model_sampling import ModelSamplingDiscrete, ModelSamplingDiscreteFlow
+
+    from testbed import thumbnails
+
+    sampling = ModelSamplingDiscreteFlow() if flow else ModelSamplingDiscrete()
+    if flow:
+        sampling.set_parameters(shift=thumbnails.FLOW_SHIFT)
+    for steps in (8, 25, 40):
+        sigmas = comfy.samplers.calculate_sigmas(sampling, "sgm_uniform" if flow else "normal", steps)[:steps]
+        card = thumbnails.schedule(steps, flow)
+        assert [sigma for sigma, _ in card] == pytest.approx(sigmas.tolist(), rel=1e-4)
+        # A step halfway between two of the 1000 timesteps ties; float32 rounding in ComfyUI decides which it takes.
+        assert [t for _, t in card] == pytest.approx(sampling.timestep(sigmas).tolist(), rel=1e-4, abs=1.0)
+    for percent in (0.0, 0.01, 0.15, 0.3, 0.7, 0.99, 1.0):
+        assert thumbnails.percent_to_sigma(percent, flow) == pytest.approx(sampling.percent_to_sigma(percent), rel=1e-4)
+
+
+def test_cards_show_the_steps_the_previews_show(preview: ModuleType) -> None:
+    """Every example's perturbation node acts, on its card, on the steps the node's own preview names."""
+    from testbed.examples import EXAMPLES
+    from testbed.thumbnails import PERTURBATIONS, per_step
+
+    checked = 0
+    for example in EXAMPLES.values():
+        graph = example.build(example.family)
+        for node in graph.values():
+            if node["class_type"] not in PERTURBATIONS:
+                continue
+            name = PERTURBATIONS[node["class_type"]][1]
+            card = [name in perturbed for perturbed in per_step(graph, {}, example.family.flow)["perturbed"]]
+            shown = preview.preview(node["class_type"], node["inputs"], 5.0, example.family.steps,
+                                    example.family.scheduler, flow=example.family.flow)["active"]
+            assert card == shown, example.key
+            checked += 1
+    assert checked >= 4
