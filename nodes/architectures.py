@@ -15,7 +15,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..guiders.perturbation import Block, format_block
 
-SUPPORTED = ("UNet (SD1.5, SDXL)", "SD3/SD3.5 MMDiT", "Flux", "Chroma", "HunyuanVideo", "Wan 2.x", "Qwen-Image")
+SUPPORTED = ("UNet (SD1.5, SDXL)", "SD3/SD3.5 MMDiT", "Flux", "Chroma", "HunyuanVideo", "Wan 2.x", "Qwen-Image",
+             "Lumina 2")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Architecture:
     text_first: bool = True
     refs_first: bool = False
     patch: tuple[int, ...] = (2, 2)  # tokens per latent cell along (frames,) height, width
+    # No block hooks (Lumina 2): block N's attention is the model's (counted_from + N)-th attention call of a forward.
+    counted_from: int | None = None
 
     def grid(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The main image's token grid ((frames,) height, width) for a latent of `latent_shape` (without batch and
@@ -120,6 +123,10 @@ def architecture_of(model_patcher) -> Architecture:
         ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel",
          lambda m: Architecture("Qwen-Image", _numbered(len(m.transformer_blocks)),
                                 patch=(1, m.patch_size, m.patch_size))),
+        # Its layers attend once each, after the caption and noise refiners' one call each, over [caption, image].
+        ("comfy.ldm.lumina.model", "NextDiT",
+         lambda m: Architecture("Lumina 2", _numbered(len(m.layers)), patch=(m.patch_size, m.patch_size),
+                                counted_from=len(m.context_refiner) + len(m.noise_refiner))),
     )
     for module, class_name, build in families:
         cls = _class(module, class_name)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import comfy.ldm.modules.attention as attention
 import torch
 from comfy.model_patcher import set_model_options_patch_replace
+from comfy.patcher_extension import WrappersMP
 
 from ..guiders.pag import identity_attention, joint_identity_attention
 from ..guiders.perturbation import Block, Perturbation
@@ -48,6 +49,8 @@ def with_perturbations(model_options: dict, architecture: Architecture, perturbe
             options = set_model_options_patch_replace(options, _unet_attn1(previous, rows, latent_shape[-2:]),
                                                       "attn1", kind, number, transformer)
         return options
+    if architecture.counted_from is not None:
+        return _counting(options, architecture, at_block, grid)
     dit = replaced.get("dit", {})
     doubles = [number for kind, number in architecture.blocks if kind == "double"]
     observer = ("double", max(doubles), None) if doubles and any(
@@ -129,16 +132,18 @@ def _dit_block(previous, rows: dict[int, Perturbation], architecture: Architectu
             override = _attention_override(options.get("optimized_attention_override"), chunks, attending,
                                            architecture, grid, image_tokens)
             call = args | {"transformer_options": options | {"optimized_attention_override": override}}
-        out = previous(call, extra) if previous is not None else extra["original_block"](call)
         if not any(index in skipping for index in chunks):
-            return out
+            return previous(call, extra) if previous is not None else extra["original_block"](call)
+        # Blocks may update their inputs in place (Flux's do): keep what the skipped rows pass through.
+        inputs = {key: args[key].clone() for key in ("img", "txt") if isinstance(args.get(key), torch.Tensor)}
+        out = previous(call, extra) if previous is not None else extra["original_block"](call)
         batch = args["img"].shape[0]
         skipped = torch.zeros(batch, dtype=torch.bool)
         for index, part in _chunk_rows(chunks, batch):
             skipped[part] = index in skipping
-        return {key: skip_rows(args[key], value, skipped)
-                if isinstance(value, torch.Tensor) and isinstance(args.get(key), torch.Tensor)
-                and args[key].shape == value.shape else value for key, value in out.items()}
+        return {key: skip_rows(inputs[key], value, skipped)
+                if isinstance(value, torch.Tensor) and key in inputs and inputs[key].shape == value.shape else value
+                for key, value in out.items()}
 
     return block
 
@@ -160,52 +165,92 @@ def _image_tokens(args: dict, options: dict, single: bool) -> int:
 def _attention_override(earlier: Callable | None, chunks: Sequence[int], rows: dict[int, Perturbation],
                         architecture: Architecture, grid: tuple[int, ...], image_tokens: int):
     """An `optimized_attention_override` for one block call: its first attention (the block's self- or joint
-    attention) blurs the SEG rows' image queries and gives the PAG rows identity attention; later ones (Wan's
-    cross-attention) run untouched."""
+    attention) is perturbed for the rows of `rows`; later ones (Wan's cross-attention) run untouched."""
     calls = itertools.count()
-
-    def run(func, *args, **kwargs):
-        return earlier(func, *args, **kwargs) if earlier is not None else func(*args, **kwargs)
 
     def override(func, *args, **kwargs):
         if next(calls) != 0:
-            return run(func, *args, **kwargs)
-        if kwargs.get("skip_output_reshape"):
-            raise RuntimeError(f"Steer: unexpected attention layout in a {architecture.name} block")
-        q, k, v = args[:3]
-        heads = kwargs["heads"] if "heads" in kwargs else args[3]
-        token_major = not kwargs.get("skip_reshape", False)  # [B, L, H·D] (or [B, L, H, D]) rather than [B, H, L, D]
-        length = q.shape[1] if token_major else q.shape[2]
-        image = _image_slice(architecture, length, image_tokens)
-        seg = [(part, rows[index]) for index, part in _chunk_rows(chunks, q.shape[0])
-               if index in rows and rows[index].kind == "seg"]
-        if seg:
-            q = q.clone()
-            main = _main_image(architecture, image, grid)
-            for part, perturbation in seg:
-                tokens = q[part][:, main] if token_major else q[part][:, :, main]
-                blurred = blur_queries(tokens.reshape(*tokens.shape[:2], -1) if token_major else tokens, grid,
-                                       perturbation.blur_sigma)
-                if token_major:
-                    q[part, main] = blurred.reshape(tokens.shape)
-                else:
-                    q[part, :, main] = blurred
-        out = run(func, q, k, v, *args[3:], **kwargs)
-        pag = [part for index, part in _chunk_rows(chunks, q.shape[0]) if index in rows and rows[index].kind == "pag"]
-        if not pag:
-            return out
-        out = out.clone()
-        for part in pag:
-            if not architecture.joint:
-                out[part] = identity_attention(v[part]).reshape(out[part].shape)
-                continue
-            qh, kh, vh = (_heads_first(t[part], heads) if token_major else t[part] for t in (q, k, v))
-            image_out = joint_identity_attention(qh, kh, vh, image, _key_mask(kwargs.get("mask", args[4] if len(
-                args) > 4 else None)))
-            out[part, image] = image_out.transpose(1, 2).reshape(out[part, image].shape)
-        return out
+            return _run(earlier, func, args, kwargs)
+        return _perturbed_attention(earlier, func, args, kwargs, chunks, rows, architecture, grid, image_tokens)
 
     return override
+
+
+def _counting(options: dict, architecture: Architecture, at_block: dict[Block, dict[int, Perturbation]],
+              grid: tuple[int, ...]) -> dict:
+    """Per-call options for a model without block hooks: one attention override counts the forward's attention
+    calls (reset by a diffusion-model wrapper at each forward) and perturbs those of the chosen blocks. The first
+    call (the caption refiner's) tells the caption's length; the image follows it."""
+    transformer_options = options.get("transformer_options", {}).copy()
+    earlier = transformer_options.get("optimized_attention_override")
+    by_call = {architecture.counted_from + number: rows for (_, number, _), rows in at_block.items()}
+    state = {"calls": 0, "caption": 0}
+
+    def override(func, *args, **kwargs):
+        call, state["calls"] = state["calls"], state["calls"] + 1
+        q = args[0]
+        length = q.shape[1] if not kwargs.get("skip_reshape", False) else q.shape[2]
+        if call == 0:
+            state["caption"] = length
+        rows = by_call.get(call)
+        options = kwargs.get("transformer_options", {})
+        if rows is None or not any(index in rows for index in options.get("cond_or_uncond", ())):
+            return _run(earlier, func, args, kwargs)
+        return _perturbed_attention(earlier, func, args, kwargs, options["cond_or_uncond"], rows, architecture,
+                                    grid, length - state["caption"])
+
+    def forward(executor, *args, **kwargs):
+        state["calls"] = 0
+        return executor(*args, **kwargs)
+
+    wrappers = {kind: dict(entries) for kind, entries in transformer_options.get("wrappers", {}).items()}
+    wrappers.setdefault(WrappersMP.DIFFUSION_MODEL, {})["steer_perturbation"] = [forward]
+    transformer_options |= {"optimized_attention_override": override, "wrappers": wrappers}
+    return options | {"transformer_options": transformer_options}
+
+
+def _run(earlier: Callable | None, func, args, kwargs):
+    return earlier(func, *args, **kwargs) if earlier is not None else func(*args, **kwargs)
+
+
+def _perturbed_attention(earlier: Callable | None, func, args, kwargs, chunks: Sequence[int],
+                         rows: dict[int, Perturbation], architecture: Architecture, grid: tuple[int, ...],
+                         image_tokens: int):
+    """One attention call with the SEG rows' image queries blurred and the PAG rows' attention the identity."""
+    if kwargs.get("skip_output_reshape"):
+        raise RuntimeError(f"Steer: unexpected attention layout in a {architecture.name} block")
+    q, k, v = args[:3]
+    heads = kwargs["heads"] if "heads" in kwargs else args[3]
+    token_major = not kwargs.get("skip_reshape", False)  # [B, L, H·D] (or [B, L, H, D]) rather than [B, H, L, D]
+    length = q.shape[1] if token_major else q.shape[2]
+    image = _image_slice(architecture, length, image_tokens)
+    seg = [(part, rows[index]) for index, part in _chunk_rows(chunks, q.shape[0])
+           if index in rows and rows[index].kind == "seg"]
+    if seg:
+        q = q.clone()
+        main = _main_image(architecture, image, grid)
+        for part, perturbation in seg:
+            if token_major:
+                q[part, main] = blur_queries(q[part][:, main], grid, perturbation.blur_sigma)
+            else:
+                q[part, :, main] = blur_queries(q[part][:, :, main], grid, perturbation.blur_sigma)
+    out = _run(earlier, func, (q, k, v, *args[3:]), kwargs)
+    pag = [part for index, part in _chunk_rows(chunks, q.shape[0]) if index in rows and rows[index].kind == "pag"]
+    if not pag:
+        return out
+    out = out.clone()
+    mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+    for part in pag:
+        if not architecture.joint:
+            out[part] = identity_attention(v[part]).reshape(out[part].shape)
+            continue
+        qh, kh, vh = (_heads_first(t[part], heads) if token_major else t[part] for t in (q, k, v))
+        key_mask = _key_mask(mask)
+        if key_mask is not None and key_mask.shape[0] > 1:
+            key_mask = key_mask[part]
+        out[part, image] = joint_identity_attention(qh, kh, vh, image, key_mask).transpose(1, 2).reshape(
+            out[part, image].shape)
+    return out
 
 
 def _image_slice(architecture: Architecture, length: int, image_tokens: int) -> slice:
@@ -237,8 +282,10 @@ def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
         return None
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
-    while mask.ndim < 4:
+    if mask.ndim == 2:
         mask = mask.unsqueeze(0)
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
     if mask.shape[-2] != 1 and not torch.equal(mask, mask[..., :1, :].expand_as(mask)):
         raise RuntimeError("Steer PAG: this attention's mask differs between queries; only key masks are supported")
     return mask[..., 0, :]

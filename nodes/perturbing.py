@@ -29,6 +29,7 @@ DEFAULT_BLOCKS: dict[str, dict[str, str]] = {
     "Wan": {"pag": "double.10", "seg": "double.10", "skip": "double.10"},
     # no published layers: core SkipLayerGuidanceDiT's double 7, 8, 9.
     "Qwen-Image": {"pag": "double.7-9", "seg": "double.7-9", "skip": "double.7-9"},
+    "Lumina 2": {"pag": "double.7-9", "seg": "double.7-9"},
 }
 KIND_NAMES = {"pag": "perturbed-attention guidance", "seg": "smoothed energy guidance", "skip": "skip-layer guidance"}
 
@@ -84,9 +85,12 @@ def validate(node: type[io.ComfyNode], values: Values) -> bool | str:
 
 def resolved_text(kind: str, architecture: Architecture, text: str) -> str:
     """The blocks `text` means on this architecture: the family's default for "auto"; refuses a kind that cannot act
-    on it (skip-layer guidance on a UNet)."""
+    on it (skip-layer guidance on a UNet, or on Lumina 2, whose blocks have no hook)."""
     if kind == "skip" and architecture.unet:
         raise ValueError("skip-layer guidance skips DiT blocks (double.N / single.N); this model is a UNet: use "
+                         "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
+    if kind == "skip" and architecture.counted_from is not None:
+        raise ValueError(f"ComfyUI's {architecture.name} offers no per-block hook to skip a block with; use "
                          "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
     if text.strip() != AUTO:
         return text

@@ -47,7 +47,10 @@ DIT_FAMILIES: tuple[tuple[str, str, str, tuple[tuple[re.Pattern[str], str], ...]
      ((re.compile(r"joint_blocks\.(\d+)\."), "double"),)),
     ("Wan", "head.modulation", "Wan", ((re.compile(r"blocks\.(\d+)\."), "double"),)),
     ("Qwen-Image", "txt_norm.weight", "Qwen-Image", ((re.compile(r"transformer_blocks\.(\d+)\."), "double"),)),
+    ("Lumina 2", "cap_embedder.1.weight", "Lumina 2", ((re.compile(r"layers\.(\d+)\."), "double"),)),
 )
+# Lumina 2's layers have no hook: nodes/architectures.py counts attention calls, from after its refiners' ones.
+REFINER = re.compile(r"(context_refiner|noise_refiner)\.(\d+)\.")
 
 
 def safetensors_keys(path: str) -> list[str]:
@@ -77,7 +80,9 @@ def architecture_of_keys(keys: list[str]) -> tuple[str, Architecture | None]:
             continue
         blocks = {(kind, int(match[1])): 1 for key in keys if key.startswith(prefix)
                   for pattern, kind in patterns if (match := pattern.match(key, len(prefix)))}
-        return family, Architecture(name, blocks)
+        refiners = {match.groups() for key in keys
+                    if key.startswith(prefix) and (match := REFINER.match(key, len(prefix)))}
+        return family, Architecture(name, blocks, counted_from=len(refiners) if family == "Lumina 2" else None)
     prefix = _prefix(keys, "input_blocks.0.0.weight")
     if prefix is None:
         return "unknown", None

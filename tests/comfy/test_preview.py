@@ -41,6 +41,9 @@ FULL_SIZE = {
     "Wan": ("comfy.ldm.wan.model", "WanModel", {"model_type": "t2v", "dim": 5120, "ffn_dim": 13824, "num_heads": 40,
                                                 "num_layers": 40, "in_dim": 16, "out_dim": 16}, True),
     "Qwen-Image": ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel", {}, True),
+    "Lumina 2": ("comfy.ldm.lumina.model", "NextDiT", {"in_channels": 16, "dim": 2304, "n_layers": 26, "n_heads": 24,
+                                                       "n_kv_heads": 8, "cap_feat_dim": 2304, "qk_norm": True,
+                                                       "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512]}, True),
 }
 
 
@@ -71,13 +74,16 @@ def test_model_info_names_the_blocks_the_nodes_accept(steer: ModuleType, preview
     info = preview.model_info(keys)
     assert info == {"family": family, "flow": flow, "architecture": architecture.name,
                     "blocks": architecture.describe().split(", ")}
-    assert preview.architecture_of_keys(keys)[1].blocks == architecture.blocks
+    read = preview.architecture_of_keys(keys)[1]
+    assert (read.blocks, read.unet, read.counted_from) == (architecture.blocks, architecture.unet,
+                                                           architecture.counted_from)
 
 
 @pytest.mark.parametrize(("folder", "name", "family", "blocks"), [
     ("checkpoints", "steer_tiny_sd15.safetensors", "SD1.5", ["input.1", "middle.0", "output.0", "output.1"]),
     ("checkpoints", "steer_tiny_sd3.safetensors", "SD3", ["double.0"]),
     ("diffusion_models", "steer_tiny_wan21.safetensors", "Wan", ["double.0"]),
+    ("diffusion_models", "steer_tiny_hunyuan_video.safetensors", "HunyuanVideo", ["double.0–1", "single.0–1"]),
 ])
 def test_model_info_of_the_test_bed_files_is_what_the_loaded_model_has(steer: ModuleType, preview: ModuleType,
                                                                         folder: str, name: str, family: str,
@@ -95,6 +101,19 @@ def test_model_info_of_the_test_bed_files_is_what_the_loaded_model_has(steer: Mo
     architecture = steer.nodes.architectures.architecture_of(model)
     assert (info["family"], info["blocks"]) == (family, blocks) == (info["family"], architecture.describe().split(", "))
     assert info["flow"] == (family != "SD1.5") and info["architecture"] == architecture.name
+
+
+def test_skip_layer_preview_on_lumina2_refuses_as_the_node_does(preview: ModuleType) -> None:
+    """Lumina 2's layers have no block hook: PAG and SEG act there ("auto" = double.7-9), skip-layer is refused."""
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+
+    *_, kwargs, _ = FULL_SIZE["Lumina 2"]
+    keys = list(NextDiT(**kwargs, device="meta", operations=comfy.ops.disable_weight_init).state_dict())
+    skip = preview.preview("SteerSkipLayer", {"scale": 3.0, "blocks": "auto"}, 5.0, 4, "simple", keys=keys)
+    assert "offers no per-block hook" in skip["problem"] and skip["flow"]
+    pag = preview.preview("SteerPAG", {"scale": 3.0, "blocks": "auto"}, 5.0, 4, "simple", keys=keys)
+    assert pag["problem"] is None and pag["blocks"] == ["double.7", "double.8", "double.9"]
 
 
 def test_model_info_of_what_is_no_diffusion_model(preview: ModuleType) -> None:
