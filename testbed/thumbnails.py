@@ -85,6 +85,7 @@ def percent_to_sigma(percent: float, flow: bool = False) -> float:
 def perturbation(node_type: str, inputs: dict[str, Any], flow: bool = False) -> Perturbation:
     """A perturbation node's branch as the node builds it (nodes/perturbing.py window): the percent window converted
     by percent_to_sigma (start 0: unbounded), narrowed by sigma_start / sigma_end."""
+    inputs = {"sigma_start": -1.0, "sigma_end": -1.0, "adaptive_scale": 0.0} | inputs  # optional on the node
     sigma_high = percent_to_sigma(inputs["start_percent"], flow) if inputs["start_percent"] > 0 else math.inf
     sigma_low = percent_to_sigma(inputs["end_percent"], flow)
     if inputs["sigma_start"] >= 0:
