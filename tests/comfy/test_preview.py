@@ -281,3 +281,24 @@ def test_cards_show_the_steps_the_previews_show(preview: ModuleType) -> None:
             assert card == shown, example.key
             checked += 1
     assert checked >= 4
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_card_windows_are_the_previews_for_any_settings(preview: ModuleType, flow: bool) -> None:
+    """Beyond the examples' settings: percent and sigma windows and the adaptive fading give the same steps on a card
+    as in the node's preview."""
+    from testbed.thumbnails import perturbation, schedule
+
+    sigmas = [sigma for sigma, _ in schedule(12, flow)]
+    for values in ({"start_percent": 0.2, "end_percent": 0.6, "sigma_start": -1.0, "sigma_end": -1.0},
+                   # between steps: a bound on a step's own σ would depend on float32 rounding
+                   {"start_percent": 0.0, "end_percent": 1.0, "sigma_start": (sigmas[3] + sigmas[4]) / 2,
+                    "sigma_end": (sigmas[8] + sigmas[9]) / 2},
+                   {"start_percent": 0.1, "end_percent": 0.9, "adaptive_scale": 0.2},
+                   {"start_percent": 0.0, "end_percent": 0.0}):
+        values = {"scale": 2.0, "blocks": "auto"} | values
+        card = [perturbation("SteerSEG", values, flow).active(sigma, t) for sigma, t in schedule(12, flow)]
+        shown = preview.preview("SteerSEG", values, 5.0, 12, "sgm_uniform" if flow else "normal", flow=flow)
+        assert card == shown["active"], values
+        assert 0 < sum(card) < 12 or values["end_percent"] == 0.0
+        assert shown["sigmas"] == pytest.approx(sigmas, rel=1e-4)
