@@ -8,6 +8,7 @@ blocks and Wan's and Qwen-Image's blocks are double blocks to ComfyUI, as to cor
 from __future__ import annotations
 
 import importlib
+import weakref
 from dataclasses import dataclass
 
 from comfy.ldm.modules.attention import BasicTransformerBlock
@@ -101,9 +102,19 @@ def _patch(model, spatial_only: bool) -> tuple[int, ...]:
     return patch[-2:] if spatial_only else patch
 
 
+_KNOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # diffusion model → its Architecture
+
+
 def architecture_of(model_patcher) -> Architecture:
-    """The loaded model's architecture; refuses models perturbation guidance cannot reach, naming those it can."""
+    """The loaded model's architecture (read once per diffusion model: every sampling step asks); refuses models
+    perturbation guidance cannot reach, naming those it can."""
     model = model_patcher.get_model_object("diffusion_model")
+    if model not in _KNOWN:
+        _KNOWN[model] = _read(model)
+    return _KNOWN[model]
+
+
+def _read(model) -> Architecture:
     if isinstance(model, UNetModel):
         return _unet(model)
     def two_stream(name: str, **layout):
