@@ -83,12 +83,25 @@ def validate(node: type[io.ComfyNode], values: Values) -> bool | str:
     return validation(node, values, _cross)
 
 
+def resolved_text(kind: str, architecture: Architecture, text: str) -> str:
+    """The blocks `text` means on this architecture: the family's default for "auto"; refuses a kind that cannot act
+    on it (skip-layer guidance on a UNet, or on Lumina 2, whose blocks have no hook)."""
+    if kind == "skip" and architecture.unet:
+        raise ValueError("skip-layer guidance skips DiT blocks (double.N / single.N); this model is a UNet: use "
+                         "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
+    if kind == "skip" and architecture.counted_from is not None:
+        raise ValueError(f"ComfyUI's {architecture.name} offers no per-block hook to skip a block with; use "
+                         "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
+    if text.strip() != AUTO:
+        return text
+    default = DEFAULT_BLOCKS.get(architecture.name, {}).get(kind)
+    if default is None:
+        raise ValueError(f"{KIND_NAMES[kind]} has no default blocks for {architecture.name}")
+    return default
+
+
 def _blocks(kind: str, architecture: Architecture, text: str) -> tuple[Block, ...]:
-    if text.strip() == AUTO:
-        default = DEFAULT_BLOCKS.get(architecture.name, {}).get(kind)
-        if default is None:
-            raise ValueError(f"{KIND_NAMES[kind]} has no default blocks for {architecture.name}")
-        text = default
+    text = resolved_text(kind, architecture, text)
     try:
         return architecture.check(parse_blocks(text))
     except ValueError as error:
@@ -115,14 +128,7 @@ def patched(node: type[io.ComfyNode], kind: str, model, values: Values, **extra:
     values = {spec.id: spec.default for spec in node.define_schema().inputs if spec.optional} | values
     check_inputs(node, {"model": model, **values}, _cross)
     try:
-        architecture = architecture_of(model)
-        if kind == "skip" and architecture.unet:
-            raise ValueError("skip-layer guidance skips DiT blocks (double.N / single.N); this model is a UNet: use "
-                             "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
-        if kind == "skip" and architecture.counted_from is not None:
-            raise ValueError(f"ComfyUI's {architecture.name} offers no per-block hook to skip a block with; use "
-                             "Steer Perturbed-Attention Guidance or Steer Smoothed Energy Guidance there")
-        blocks = _blocks(kind, architecture, values["blocks"])
+        blocks = _blocks(kind, architecture_of(model), values["blocks"])
     except ValueError as error:
         raise ValueError(f"{node_label(node)}: {error}") from None
     sigma_high, sigma_low = window(model.get_model_object("model_sampling"), values)
