@@ -75,8 +75,10 @@ def _chunk_rows(chunks: Sequence[int], batch: int) -> list[tuple[int, slice]]:
 def _unet_attn1(previous, rows: dict[int, Perturbation], latent_hw: tuple[int, ...]):
     def attn1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         chunks = extra_options["cond_or_uncond"]
-        height, width = _unet_grid(q.shape[1], extra_options.get("original_shape", (0, 0, *latent_hw))[-2:])
-        q = q.clone() if any(rows.get(i) is not None and rows[i].kind == "seg" for i in chunks) else q
+        blurring = any(rows.get(i) is not None and rows[i].kind == "seg" for i in chunks)
+        if blurring:
+            grid = _unet_grid(q.shape[1], extra_options.get("original_shape", (0, 0, *latent_hw))[-2:])
+            q = q.clone()
         pieces = []
         for is_pag, run in itertools.groupby(_chunk_rows(chunks, q.shape[0]),
                                              key=lambda chunk: getattr(rows.get(chunk[0]), "kind", None) == "pag"):
@@ -87,7 +89,7 @@ def _unet_attn1(previous, rows: dict[int, Perturbation], latent_hw: tuple[int, .
                 continue
             for index, chunk in run:
                 if rows.get(index) is not None and rows[index].kind == "seg":
-                    q[chunk] = blur_queries(q[chunk], (height, width), rows[index].blur_sigma)
+                    q[chunk] = blur_queries(q[chunk], grid, rows[index].blur_sigma)
             pieces.append(_unet_attention(previous, q[part], k[part], v[part],
                                           extra_options | {"cond_or_uncond": [index for index, _ in run]}))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
