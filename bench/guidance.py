@@ -13,7 +13,8 @@ code's own cost (Steer's or core's) relative to the baseline's.
 Cases: core CFGGuider vs SteerGuider; core PerturbedAttentionGuidance vs SteerPAG; full CFG vs SteerCFGSkip (percent
 0.4–1, sigma (0.28, 5.42], adaptive 0.99); each Steer patch on vs off; core CFG++ samplers vs SteerCFGPPSampler;
 SteerNegative vs core DualCFGGuider and PerpNegGuider where they compute the same guided prediction; Steer's CFG++
-DPM++ 2M SDE (KSampler name, λ 1) vs core's plain dpmpp_2m_sde (cfg 7), the same two rows per call.
+DPM++ 2M SDE (KSampler name, λ 1) vs core's plain dpmpp_2m_sde (cfg 7), the same two rows per call; and on the
+test bed's tiny Flux and Wan, core SkipLayerGuidanceDiT (a second call per step) vs SteerSkipLayer (one call).
 Default model: the test bed's tiny SD1.5 checkpoint; `--checkpoint` takes any SD1.5/SDXL one.
 """
 
@@ -67,8 +68,8 @@ def _cases(steer: dict[str, type], model, prompts: dict[str, list]) -> list[Case
     def steer_guider(m, cfg: float = CFG, neg=negative):
         return steer["SteerGuider"].execute(m, positive, neg, cfg).result[0]
 
-    def patched(node: str, *inputs):
-        return steer[node].execute(model, *inputs).result[0]
+    def patched(node: str, *inputs, **named):
+        return steer[node].execute(model, *inputs, **named).result[0]
 
     def skip(mode: str, start: float = 0.4):
         return patched("SteerCFGSkip", mode, start, 1.0, 5.42, 0.28, 0.99)
@@ -93,7 +94,8 @@ def _cases(steer: dict[str, type], model, prompts: dict[str, list]) -> list[Case
         Case("core PAG (cfg 5, PAG 3)", lambda: (core(PerturbedAttentionGuidance.execute(model, 3.0).result[0], 5.0),
                                                  sampler("euler"))),
         Case("SteerPAG (cfg 5, PAG 3, middle.0)",
-             lambda: (steer_guider(patched("SteerPAG", 3.0, "middle.0", 0.0, 1.0), 5.0), sampler("euler")),
+             lambda: (steer_guider(patched("SteerPAG", scale=3.0, blocks="middle.0", start_percent=0.0,
+                                                                  end_percent=1.0), 5.0), sampler("euler")),
              "core PAG (cfg 5, PAG 3)"),
         Case("SteerCFGSkip percent 0.4–1", lambda: (steer_guider(skip("percent")), sampler("euler")), core_cfg),
         Case("SteerCFGSkip sigma (0.28, 5.42]", lambda: (steer_guider(skip("sigma")), sampler("euler")), core_cfg),
@@ -106,7 +108,8 @@ def _cases(steer: dict[str, type], model, prompts: dict[str, list]) -> list[Case
                                                                           sampler("euler")), steer_cfg),
         Case("+ SteerNegative (subtract 1)", lambda: (steer_guider(patched("SteerNegative", middle, 1.0, "subtract")),
                                                       sampler("euler")), steer_cfg),
-        Case("+ SteerPAG (3, middle.0)", lambda: (steer_guider(patched("SteerPAG", 3.0, "middle.0", 0.0, 1.0)),
+        Case("+ SteerPAG (3, middle.0)", lambda: (steer_guider(patched("SteerPAG", scale=3.0, blocks="middle.0",
+                                                                       start_percent=0.0, end_percent=1.0)),
                                                   sampler("euler")), steer_cfg),
         Case("core euler_cfg_pp (λ 0.6)", lambda: (core(model, CFG_PP_LAMBDA), sampler("euler_cfg_pp"))),
         Case("SteerCFGPPSampler euler (λ 0.6)", lambda: (steer_guider(model, CFG_PP_LAMBDA),
@@ -129,6 +132,33 @@ def _cases(steer: dict[str, type], model, prompts: dict[str, list]) -> list[Case
     ]
 
 
+def _dit_cases(steer: dict[str, type], family, double: str, single: str) -> list[Case]:
+    """Skip-layer guidance on a DiT: core SkipLayerGuidanceDiT (its perturbed cond in a second call) vs SteerSkipLayer
+    (the same blocks, scale, window, in the step's one call), both at cfg 4 over the whole run; and the plain CFG."""
+    import comfy.samplers
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    def core(m):
+        guider = comfy.samplers.CFGGuider(m)
+        guider.set_conds(family.positive, family.negative)
+        guider.set_cfg(4.0)
+        return guider
+
+    blocks = ", ".join([f"double.{n}" for n in double.split(",") if n]
+                       + [f"single.{n}" for n in single.split(",") if n])
+    skip = steer["SteerSkipLayer"]
+    name = family.name
+    return [
+        Case(f"{name}: core CFGGuider (cfg 4)", lambda: (core(family.model), comfy.samplers.sampler_object("euler"))),
+        Case(f"{name}: core SkipLayerGuidanceDiT ({blocks}, 3)", lambda: (core(SkipLayerGuidanceDiT.execute(
+            family.model, 3.0, 0.0, 1.0, double, single, 0.0).result[0]), comfy.samplers.sampler_object("euler")),
+             f"{name}: core CFGGuider (cfg 4)"),
+        Case(f"{name}: SteerSkipLayer ({blocks}, 3)", lambda: (core(skip.execute(
+            family.model, scale=3.0, blocks=blocks, start_percent=0.0, end_percent=1.0).result[0]),
+            comfy.samplers.sampler_object("euler")), f"{name}: core SkipLayerGuidanceDiT ({blocks}, 3)"),
+    ]
+
+
 def _time_run(guider, sampler, latent: torch.Tensor, steps: int, seed: int) -> tuple[float, list[int]]:
     import comfy.sample
 
@@ -146,8 +176,9 @@ def _time_run(guider, sampler, latent: torch.Tensor, steps: int, seed: int) -> t
 def _bare_forward(model, rows: int, latent: torch.Tensor, context: torch.Tensor) -> float:
     """Seconds of one forward of the diffusion model alone at `rows` batch rows (no ComfyUI sampling code)."""
     net = model.model.diffusion_model
-    x = latent.repeat(rows, 1, 1, 1) + torch.randn(rows, *latent.shape[1:], generator=torch.Generator().manual_seed(0))
-    t = torch.full((rows,), 500.0)
+    x = latent.repeat(rows, *[1] * (latent.ndim - 1)) + torch.randn(rows, *latent.shape[1:],
+                                                                    generator=torch.Generator().manual_seed(0))
+    t = torch.full((rows,), 0.5 if latent.shape[1] == 16 else 500.0)  # flow models take σ-scale timesteps
     c = context.repeat(rows, 1, 1)
     with torch.no_grad():
         start = time.perf_counter()
@@ -219,22 +250,30 @@ def summarise(cases: list[Case], seconds: dict[str, list[float]], rows: dict[str
     return out
 
 
-def markdown(meta: dict, records: list[dict], bare: dict[int, list[float]]) -> str:
+def markdown(meta: dict, sections: list[dict]) -> str:
     lines = [
         "# Speed: Steer vs core ComfyUI", "",
-        f"Generated by `{meta['command']}`. Device: {meta['device']} ({meta['threads']} threads), model "
-        f"{meta['model']}, {meta['size']}×{meta['size']}, {meta['steps']} steps, batch 1, {meta['repeats']} "
-        f"interleaved repeats (order rotated each repeat); machine load average {meta['load']} at the start "
-        "(other processes share this CPU: read the ranges).", "",
+        f"Generated by `{meta['command']}`. Device: {meta['device']} ({meta['threads']} threads), {meta['steps']} "
+        f"steps, batch 1, {meta['repeats']} interleaved repeats (order rotated each repeat); machine load average "
+        f"{meta['load']} at the start (other processes share this CPU: read the ranges).", "",
         "Ratio = this case's seconds ÷ its baseline's in the same repeat: median [min–max] over the repeats. Rows "
         "predict = the ratio of the bare network's time for the two cases' model calls (timed at each batch size in "
         "the same loop): what the model's work alone explains. Excess = ratio ÷ rows predict: the sampling code's "
         "own cost (1.00 = none beyond the model's). Steer code = time in Steer's own functions and the torch ops "
-        "they call directly, from one cProfile'd run (an upper bound: profiling inflates Python work).", "",
+        "they call directly, from one cProfile'd run (an upper bound: profiling inflates Python work).",
+    ]
+    for section in sections:
+        lines += _table(section)
+    return "\n".join(lines) + "\n"
+
+
+def _table(section: dict) -> list[str]:
+    lines = [
+        "", f"## {section['title']}", "",
         "| case | vs | s/step median [min–max] | calls/step | rows/step | ratio [min–max] | rows predict | excess "
         "[min–max] | Steer code ms/step (share) |", "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
+    for r in section["records"]:
         timing = f"{r['s_per_step']:.4f} [{r['s_per_step_min']:.4f}–{r['s_per_step_max']:.4f}]"
         if r["baseline"]:
             versus = (f"{r['ratio']:.3f} [{r['ratio_min']:.3f}–{r['ratio_max']:.3f}] | {r['predicted_ratio']:.3f} | "
@@ -246,8 +285,35 @@ def markdown(meta: dict, records: list[dict], bare: dict[int, list[float]]) -> s
                      f"{r['rows_per_step']:g} | {versus} | {own} |")
     lines += ["", "Bare network, seconds per forward by batch rows (median [min–max]): "
               + "; ".join(f"{rows}: {statistics.median(v):.4f} [{min(v):.4f}–{max(v):.4f}]"
-                          for rows, v in sorted(bare.items()))]
-    return "\n".join(lines) + "\n"
+                          for rows, v in sorted(section["bare"].items()))]
+    return lines
+
+
+def _measure(section: dict, steps: int, repeats: int, package: Path):
+    """Interleaved, repeated timing of a section's cases, the bare network in the same loop, one profiled run each."""
+    cases, model, latent, context = section["cases"], section["model"], section["latent"], section["context"]
+    built = {case.name: case.build() for case in cases}
+    rows: dict[str, list[int]] = {}
+    for case in cases:  # warm-up: model load, first-call allocations; records each case's calls
+        rows[case.name] = _time_run(*built[case.name], latent, steps, 0)[1]
+    batch_sizes = sorted({r for calls in rows.values() for r in calls})
+    seconds: dict[str, list[float]] = {case.name: [] for case in cases}
+    bare: dict[int, list[float]] = {r: [] for r in batch_sizes}
+    for repeat in range(repeats):
+        shift = repeat % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            per_step, calls = _time_run(*built[case.name], latent, steps, repeat)
+            if calls != rows[case.name]:
+                raise RuntimeError(f"{case.name}: model calls changed between runs ({calls} vs {rows[case.name]})")
+            seconds[case.name].append(per_step)
+            for r in batch_sizes:  # the bare network, interleaved with the cases
+                bare[r].append(_bare_forward(model, r, latent, context))
+    records = summarise(cases, seconds, rows, bare, steps)
+    for record in records:  # one profiled run per case: the time spent in Steer's own code
+        own, total = steer_code_seconds(lambda name=record["case"]: _time_run(*built[name], latent, steps, 0),
+                                        package)
+        record |= {"steer_code_ms_per_step": 1000 * own / steps, "steer_code_share": own / total}
+    return records, seconds, rows, bare
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,43 +344,35 @@ def main(argv: list[str] | None = None) -> None:
         while missing := {c.baseline for c in cases if c.name in wanted and c.baseline} - wanted:
             wanted |= missing
         cases = [c for c in cases if c.name in wanted]
-    latent = torch.zeros(1, 4, args.size // 8, args.size // 8)
-    built = {case.name: case.build() for case in cases}
+    from testbed.families import load_family
 
-    rows: dict[str, list[int]] = {}
-    for case in cases:  # warm-up: model load, first-call allocations; records each case's calls
-        rows[case.name] = _time_run(*built[case.name], latent, args.steps, 0)[1]
-    batch_sizes = sorted({r for calls in rows.values() for r in calls})
-    context = prompts["positive"][0][0]
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-    seconds: dict[str, list[float]] = {case.name: [] for case in cases}
-    bare: dict[int, list[float]] = {r: [] for r in batch_sizes}
-    for repeat in range(args.repeats):
-        shift = repeat % len(cases)
-        for case in cases[shift:] + cases[:shift]:
-            per_step, calls = _time_run(*built[case.name], latent, args.steps, repeat)
-            if calls != rows[case.name]:
-                raise RuntimeError(f"{case.name}: model calls changed between runs ({calls} vs {rows[case.name]})")
-            seconds[case.name].append(per_step)
-            for r in batch_sizes:  # the bare network, interleaved with the cases
-                bare[r].append(_bare_forward(model, r, latent, context))
-
-    records = summarise(cases, seconds, rows, bare, args.steps)
     package = BASE / "custom_nodes" / "comfyui-steer"
-    for record in records:  # one profiled run per case: the time spent in Steer's own code
-        own, total = steer_code_seconds(lambda name=record["case"]: _time_run(*built[name], latent, args.steps, 0),
-                                        package)
-        record |= {"steer_code_ms_per_step": 1000 * own / args.steps, "steer_code_share": own / total}
+    sections = [{"title": f"SD1.5-shaped UNet ({args.checkpoint.name}, {args.size}×{args.size})", "model": model,
+                 "cases": cases, "latent": torch.zeros(1, 4, args.size // 8, args.size // 8),
+                 "context": prompts["positive"][0][0]}]
+    if not args.only:
+        side = args.size // 8
+        for name, double, single in (("flux", "0", "0"), ("wan", "0", "")):
+            family = load_family(name)
+            sections.append({"title": f"Skip-layer guidance on the tiny {name} ({side}×{side} latent"
+                                      f"{', 2 frames' if name == 'wan' else ''})", "model": family.model,
+                             "cases": _dit_cases(steer, family, double, single),
+                             "latent": family.latent(1, side), "context": family.positive[0][0]})
+    for section in sections:
+        section["records"], section["seconds"], section["rows"], section["bare"] = _measure(
+            section, args.steps, args.repeats, package)
     meta = {"command": "python -m bench.guidance " + " ".join(argv or []), "device": device_name(),
-            "threads": torch.get_num_threads(), "model": args.checkpoint.name, "size": args.size,
-            "steps": args.steps, "repeats": args.repeats, "load": load}
-    text = markdown(meta, records, bare)
+            "threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats, "load": load}
+    text = markdown(meta, sections)
     print(text)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "speed.md").write_text(text)
     (args.output_dir / "speed.json").write_text(json.dumps(
-        {"meta": meta, "records": records, "seconds_per_step": seconds, "rows": rows,
-         "bare_forward_seconds": {str(k): v for k, v in bare.items()}}, indent=1, ensure_ascii=False))
+        {"meta": meta, "sections": [{"title": section["title"], "records": section["records"],
+                                     "seconds_per_step": section["seconds"], "rows": section["rows"],
+                                     "bare_forward_seconds": {str(k): v for k, v in section["bare"].items()}}
+                                    for section in sections]}, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

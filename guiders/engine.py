@@ -5,13 +5,15 @@ A `Recipe` is the immutable set of guidance components on a model. For each eval
   - which samples are guided: CFG-skip can leave steps (or, adaptively, samples) conditional-only;
   - which branches to compute: the cond always; the uncond and the extra negatives of non-zero weight only if some
     sample is guided and guidance changes something (scale ≠ 1, or such a negative present); the perturbed cond of
-    each PAG patch of non-zero scale inside its window. A branch whose weight is 0 costs no rows.
+    each perturbation (PAG, SEG, skip-layer) whose σ window holds this evaluation's σ and whose (faded) scale is not 0.
+    A branch whose weight is 0 costs no rows.
 `combine` then applies the components in one fixed order:
   1. CFG at the step's scale: `D = D_u + s·(D_c − D_u)` (or a foreign CFG function, at the same scale);
   2. extra negatives: `D −= w·(D_n − D_u)` or its part orthogonal to `D_c − D_u`;
      samples that CFG-skip leaves unguided take `D_c` exactly instead of 1–2;
-  3. PAG: `D += s_p·(D_c − D̂_c)` for each PAG patch (independent of CFG: it also works at scale 1 and on CFG-skipped
-     steps);
+  3. perturbations, in the order they were added: `D += s_p·(D_c − D̂_c)`, then, where the perturbation asks for it,
+     `D` rescaled per image towards the spread of `D_c` (independent of CFG: they also work at scale 1 and on
+     CFG-skipped steps);
   4. dynamic thresholding of D on CFG-guided samples (latent: towards the spread of CFG at the step's mimic scale;
      imagen: percentile clamp).
 """
@@ -26,7 +28,7 @@ import torch
 
 from .cfg import cfg
 from .negatives import ExtraNegative, negative_direction
-from .pag import PerturbedAttention, pag_term
+from .perturbation import Perturbation, perturbation_term, rescaled
 from .schedule import ScaleSchedule
 from .skip import CFGSkip, noise_cosine
 from .steps import StepTracker
@@ -34,7 +36,7 @@ from .threshold import DynamicThreshold, imagen_threshold, mimic_threshold
 from .trace import Trace, norms, record
 
 CFGRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-Component = ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | PerturbedAttention
+Component = ScaleSchedule | DynamicThreshold | CFGSkip | ExtraNegative | Perturbation
 SINGLE_SLOTS = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSkip: "skip"}
 
 
@@ -42,23 +44,28 @@ SINGLE_SLOTS = {ScaleSchedule: "schedule", DynamicThreshold: "threshold", CFGSki
 class Recipe:
     """The guidance components on a model.
 
-    Extra negatives and PAG patches accumulate: each is its own branch of the same batched call, with its own weight
-    (and, for PAG, its own blocks and window). A scale schedule, a threshold and a CFG-skip can only hold once: a
-    later one replaces the earlier (`replaced` tells the adapter which, so it can say so).
+    Extra negatives and perturbations accumulate: each is its own branch of the same batched call, with its own
+    weight (and, for a perturbation, its own kind, blocks and window). A scale schedule, a threshold and a CFG-skip
+    can only hold once: a later one replaces the earlier (`replaced` tells the adapter which, so it can say so).
     """
 
     schedule: ScaleSchedule | None = None
     threshold: DynamicThreshold | None = None
     skip: CFGSkip | None = None
     negatives: tuple[ExtraNegative, ...] = ()
-    perturbations: tuple[PerturbedAttention, ...] = ()
+    perturbations: tuple[Perturbation, ...] = ()
 
     def adding(self, component: Component) -> Recipe:
         if isinstance(component, ExtraNegative):
             return replace(self, negatives=(*self.negatives, component))
-        if isinstance(component, PerturbedAttention):
+        if isinstance(component, Perturbation):
             return replace(self, perturbations=(*self.perturbations, component))
         return replace(self, **{SINGLE_SLOTS[type(component)]: component})
+
+    @property
+    def fades(self) -> bool:
+        """Whether a perturbation's scale depends on the timestep (its adaptive scale is set)."""
+        return any(perturbation.adaptive_scale != 0 for perturbation in self.perturbations)
 
     def replaced(self, component: Component) -> ScaleSchedule | DynamicThreshold | CFGSkip | None:
         """The component that adding `component` would replace, if any."""
@@ -83,6 +90,8 @@ class Plan:
     with_uncond: bool
     negatives: tuple[int, ...]  # indices into recipe.negatives computed at this evaluation
     perturbed: tuple[int, ...]  # indices into recipe.perturbations computed at this evaluation
+    perturbed_scales: tuple[float, ...]  # their (adaptively faded) scales at this evaluation
+    mimic_scale: float = 0.0  # dynamic thresholding's (scheduled) mimic scale at this step
 
     @property
     def with_negatives(self) -> bool:
@@ -91,7 +100,6 @@ class Plan:
     @property
     def with_perturbed(self) -> bool:
         return bool(self.perturbed)
-    mimic_scale: float = 0.0  # dynamic thresholding's (scheduled) mimic scale at this step
 
 
 def needs_uncond(scale: float, keep_uncond: bool = False) -> bool:
@@ -109,10 +117,11 @@ def new_run(schedule: Sequence[float], evaluations: Sequence[int] | None = None,
 
 
 def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: int,
-         keep_uncond: bool = False, has_uncond: bool = True) -> Plan:
+         keep_uncond: bool = False, has_uncond: bool = True, timestep: float = 1000.0) -> Plan:
     """Decide the scale, the guided samples and the branches of one evaluation at `sigma`.
 
     `has_uncond` is False where there is no negative to guide against (BasicGuider): every step is cond-only.
+    `timestep` is the model's timestep at `sigma` on a 0–1000 scale (for perturbations' adaptive scale).
     """
     tracker = run.tracker
     step = tracker.step(sigma)
@@ -129,10 +138,12 @@ def plan(recipe: Recipe, run: RunState, cfg_scale: float, sigma: float, batch: i
     with_uncond = has_uncond and bool(guided.any()) and (bool(negatives) or needs_uncond(scale, keep_uncond))
     if not with_uncond:
         guided = torch.zeros(batch, dtype=torch.bool)
-    perturbed = tuple(i for i, pag in enumerate(recipe.perturbations) if pag.active(step, tracker.steps))
+    perturbed = tuple(i for i, perturbation in enumerate(recipe.perturbations) if perturbation.active(sigma, timestep))
+    perturbed_scales = tuple(recipe.perturbations[i].scale_at(timestep) for i in perturbed)
     mimic_scale = recipe.threshold.mimic_schedule.scale(recipe.threshold.mimic_scale, step, tracker.steps) \
         if recipe.threshold is not None else 0.0
-    return Plan(step, scale, guided, with_uncond, negatives if with_uncond else (), perturbed, mimic_scale)
+    return Plan(step, scale, guided, with_uncond, negatives if with_uncond else (), perturbed, perturbed_scales,
+                mimic_scale)
 
 
 def observe(recipe: Recipe, run: RunState, step_plan: Plan, x: torch.Tensor, denoised_cond: torch.Tensor,
@@ -177,11 +188,13 @@ def combine(recipe: Recipe, step_plan: Plan, denoised_cond: torch.Tensor, denois
                                                                   negative.mode)
         guided = where_guided(step_plan, guided, denoised_cond)
     pag = None
-    for index, perturbed in zip(step_plan.perturbed, denoised_perturbed, strict=True):
-        term = pag_term(denoised_cond, perturbed, recipe.perturbations[index].scale)
-        guided = guided + term
+    for index, scale, perturbed in zip(step_plan.perturbed, step_plan.perturbed_scales, denoised_perturbed,
+                                       strict=True):
+        before = guided
+        guided = rescaled(guided + perturbation_term(denoised_cond, perturbed, scale), denoised_cond,
+                          recipe.perturbations[index].rescale)
         if trace is not None:
-            pag = term if pag is None else pag + term
+            pag = guided - before if pag is None else pag + (guided - before)
     before_threshold = guided
     if recipe.threshold is not None and step_plan.with_uncond:
         if recipe.threshold.mode == "imagen":

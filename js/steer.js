@@ -3,25 +3,26 @@
 //  - widgets the chosen mode / curve does not use are hidden (their values stay in the workflow), read from the
 //    input tooltips' "mode:" prefixes; a non-empty text the chosen curve ignores stays visible and is flagged;
 //  - SteerScaleSchedule draws its scale against progress (step ticks once the sampler's steps are known),
-//    SteerCFGSkip and SteerPAG the part of the run they act on, from the pack's read-only /steer/preview route
-//    (the same Python the nodes run), redrawn as widgets or the graph change;
-//  - sigma inputs name the model family their defaults are for; SteerPAG offers block presets per family and,
-//    when the model file is known, lists its valid block names (GET /steer/model_info reads only the file header).
+//    SteerCFGSkip and the perturbation nodes (SteerPAG, SteerSEG, SteerSkipLayer) the steps they act on, from the
+//    pack's read-only /steer/preview route (the same Python the nodes run), redrawn as widgets or the graph change;
+//  - sigma inputs name the model family their defaults are for; the perturbation nodes offer block presets ("auto",
+//    then each family's default: GET /steer/presets) and, when the model file is known (its header only is read),
+//    list its block names, say what "auto" stands for and flag blocks the model lacks with the node's own message.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const STEER_COLOR = "#223a4d";
 const STEER_BGCOLOR = "#35566e";
 const SELECTORS = ["mode", "curve"];
-const PREVIEW_NODES = new Set(["SteerScaleSchedule", "SteerCFGSkip", "SteerPAG"]);
+const PERTURBATION_NODES = { SteerPAG: "PAG", SteerSEG: "SEG", SteerSkipLayer: "SLG" };
+const PREVIEW_NODES = new Set(["SteerScaleSchedule", "SteerCFGSkip", ...Object.keys(PERTURBATION_NODES)]);
 const PLOT_HEIGHT = 92;
+const NOTE_LINES = 3; // what fits under the plot
 const FLAG = "#e0a040";
 const HIDDEN_SIZE = () => [0, -4];
-const PAG_PRESETS = {
-  "preset…": null,
-  "UNet middle block (SD1.5, SDXL; paper, diffusers default)": "middle.0",
-  "SD3 joint block 1 (diffusers default)": "joint.1",
-};
+const PRESET_PROMPT = "preset…";
+const NOTE_WIDTH = 64; // characters per note line under the plot
+let presets = null; // node id → [[label, blocks], …], fetched once before any node is created
 const SIGMA_NOTE = "σ defaults 5.42 / 0.28: SDXL (Kynkäänniemi et al.), SD1.5 alike; flow models σ 1→0";
 
 function widget(node, name) {
@@ -152,7 +153,8 @@ async function refreshPreview(node) {
   try {
     const response = await api.fetchApi("/steer/preview", {
       method: "POST",
-      body: JSON.stringify({ node: node.comfyClass, values: widgetValues(node), ...run, flow: !!info?.flow }),
+      body: JSON.stringify({ node: node.comfyClass, values: widgetValues(node), ...run, flow: !!info?.flow,
+        model: upstreamModel(node) }),
     });
     preview = await response.json();
   } catch (error) {
@@ -234,7 +236,7 @@ function drawWindow(ctx, preview, x, y, w, h, label) {
   }
 }
 
-// Lines under the plot: family notes, the model's PAG blocks, and flags for what will not work as set.
+// Lines under the plot, flags (⚠) first: what will not work as set, family notes, the model's blocks.
 function previewNotes(node) {
   const preview = node.steerPreview ?? {};
   const notes = [];
@@ -242,14 +244,27 @@ function previewNotes(node) {
     notes.push(SIGMA_NOTE);
     if (preview.info?.flow) notes.push(`⚠ ${preview.info.family} is a flow model: set σ within 0–1`);
   }
-  if (node.comfyClass === "SteerPAG" && preview.info?.blocks?.length) {
-    const valid = new Set(preview.info.blocks.map((b) => b.split(".").slice(0, 2).join(".")));
-    const unknown = (preview.blocks ?? []).filter((b) => !valid.has(b.split(".").slice(0, 2).join(".")));
-    notes.push(`${preview.info.family} blocks: ${preview.info.blocks.join(", ")}`);
-    if (unknown.length) notes.push(`⚠ not in this model: ${unknown.join(", ")}`);
+  if (PERTURBATION_NODES[node.comfyClass]) {
+    // The node's own refusal, without its "input 'blocks':" prefix: the widget is right above.
+    if (preview.problem) notes.push(`⚠ ${preview.problem.replace(/^input 'blocks': /, "")}`);
+    const family = preview.model?.family;
+    if (preview.auto && preview.blocks?.length) notes.push(`auto = ${preview.blocks.join(", ")} (${family} default)`);
+    if (preview.model?.blocks?.length) notes.push(`${family} blocks: ${preview.model.blocks.join(", ")}`);
   }
   for (const name of node.steerIgnored ?? []) notes.push(`⚠ ${name} is ignored by the chosen ${selectorName(node)}`);
-  return notes;
+  return notes.sort((a, b) => b.startsWith("⚠") - a.startsWith("⚠"));
+}
+
+// A note as lines of at most NOTE_WIDTH characters, broken after commas and spaces.
+function wrap(text) {
+  const lines = [];
+  let rest = text;
+  while (rest.length > NOTE_WIDTH) {
+    const cut = Math.max(rest.lastIndexOf(" ", NOTE_WIDTH), 16);
+    lines.push(rest.slice(0, cut));
+    rest = `  ${rest.slice(cut).trimStart()}`;
+  }
+  return [...lines, rest];
 }
 
 function drawPreview(node, ctx, width, y) {
@@ -258,9 +273,10 @@ function drawPreview(node, ctx, width, y) {
   if (!preview) return drawText(ctx, "…", x, y + 14);
   if (preview.error) return drawText(ctx, `⚠ ${preview.error}`.slice(0, 90), x, y + 14, FLAG);
   if (node.comfyClass === "SteerScaleSchedule") drawSchedule(ctx, preview, x, y + 4, w, h);
-  else drawWindow(ctx, preview, x, y + 4, w, h, node.comfyClass === "SteerPAG" ? "PAG" : "CFG");
-  previewNotes(node).forEach((text, i) => drawText(ctx, text.slice(0, 95), x, y + h + 18 + 12 * i,
-    text.startsWith("⚠") ? FLAG : "#aab4c0"));
+  else drawWindow(ctx, preview, x, y + 4, w, h, PERTURBATION_NODES[node.comfyClass] ?? "CFG");
+  const lines = previewNotes(node).flatMap((text) => wrap(text).map((line) => [line, text.startsWith("⚠")]));
+  lines.slice(0, NOTE_LINES).forEach(([line, flag], i) => drawText(ctx, line, x, y + h + 18 + 12 * i,
+    flag ? FLAG : "#aab4c0"));
 }
 
 function addPreviewWidget(node) {
@@ -290,16 +306,17 @@ function addPreviewWidget(node) {
   node.addCustomWidget(plot);
 }
 
-function addPagPresets(node) {
+function addBlockPresets(node) {
   const blocks = widget(node, "blocks");
-  const preset = node.addWidget("combo", "preset", "preset…", (value) => {
-    if (PAG_PRESETS[value]) {
-      blocks.value = PAG_PRESETS[value];
+  const choices = new Map(presets?.[node.comfyClass] ?? []);
+  const preset = node.addWidget("combo", "preset", PRESET_PROMPT, (value) => {
+    if (choices.has(value)) {
+      blocks.value = choices.get(value);
       blocks.callback?.(blocks.value);
     }
-    preset.value = "preset…";
+    preset.value = PRESET_PROMPT;
     schedulePreview(node);
-  }, { values: Object.keys(PAG_PRESETS), serialize: false });
+  }, { values: [PRESET_PROMPT, ...choices.keys()], serialize: false });
   preset.serialize = false;
   preset.steerOwn = true;
 }
@@ -318,12 +335,17 @@ function watchWidgets(node) {
 
 app.registerExtension({
   name: "steer.nodes",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (PERTURBATION_NODES[nodeData.name] && presets === null) {
+      presets = await api.fetchApi("/steer/presets").then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
+    }
+  },
   nodeCreated(node) {
     if (!node.comfyClass?.startsWith("Steer")) return;
     node.color = STEER_COLOR;
     node.bgcolor = STEER_BGCOLOR;
     Object.defineProperty(node, "steerNotes", { get: () => previewNotes(node) });
-    if (node.comfyClass === "SteerPAG") addPagPresets(node);
+    if (PERTURBATION_NODES[node.comfyClass]) addBlockPresets(node);
     if (PREVIEW_NODES.has(node.comfyClass)) addPreviewWidget(node);
     watchWidgets(node);
     const onConfigure = node.onConfigure;

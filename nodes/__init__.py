@@ -11,7 +11,9 @@ from .negative import SteerNegative
 from .pag import SteerPAG
 from .preview import register_routes
 from .schedule import SteerScaleSchedule
+from .seg import SteerSEG
 from .skip import SteerCFGSkip
+from .skip_layer import SteerSkipLayer
 from .sweep import SteerSweep
 from .threshold import SteerDynamicThreshold
 from .trace import SteerTrace, SteerTracePlot
@@ -23,7 +25,8 @@ register_routes()  # read-only previews for js/steer.js: see nodes/preview.py
 class SteerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [SteerGuider, SteerScaleSchedule, SteerDynamicThreshold, SteerCFGSkip, SteerNegative, SteerPAG,
-                SteerCFGPPSampler, SteerConditionDropout, SteerSweep, SteerTrace, SteerTracePlot]
+                SteerSEG, SteerSkipLayer, SteerCFGPPSampler, SteerConditionDropout, SteerSweep, SteerTrace,
+                SteerTracePlot]
 
 
 async def comfy_entrypoint() -> SteerExtension:

@@ -17,7 +17,8 @@ from comfy.model_sampling import CONST
 from comfy.samplers import calc_cond_batch
 
 from ..guiders import engine
-from .attention import with_perturbed_attention
+from .architectures import architecture_of
+from .perturb import with_perturbations
 
 
 def signal_scale(model_patcher, x: torch.Tensor, sigma: torch.Tensor) -> float | torch.Tensor:
@@ -25,6 +26,15 @@ def signal_scale(model_patcher, x: torch.Tensor, sigma: torch.Tensor) -> float |
     if isinstance(model_patcher.get_model_object("model_sampling"), CONST):
         return (1.0 - sigma.to(x.dtype)).reshape(-1, *([1] * (x.ndim - 1)))
     return 1.0
+
+
+def timestep(model_patcher, sigma: torch.Tensor) -> float:
+    """The model's timestep at `sigma` on a 0–1000 scale (for perturbations' adaptive scale): the discrete timestep
+    on EPS / V models, 1000·σ on flow models (whose own timestep scale varies: Flux's is σ, SD3's 1000·σ)."""
+    sampling = model_patcher.get_model_object("model_sampling")
+    if isinstance(sampling, CONST):
+        return 1000.0 * float(sigma.max())
+    return float(sampling.timestep(sigma.max().reshape(1)).item())
 
 
 @dataclass
@@ -48,19 +58,21 @@ def evaluate(guider, recipe: engine.Recipe, run: engine.RunState, negative_key: 
     positive, negative = guider.conds.get("positive"), guider.conds.get("negative")
     step = engine.plan(recipe, run, guider.cfg, float(sigma.max()), x.shape[0],
                        keep_uncond=model_options.get("disable_cfg1_optimization", False),
-                       has_uncond=negative is not None)
+                       has_uncond=negative is not None,
+                       timestep=timestep(guider.model_patcher, sigma) if recipe.fades else 1000.0)
     uncond = negative if step.with_uncond else None
     conds = [positive, uncond]
-    # Extra negatives, then each PAG patch's perturbed cond: more entries of the same batched call, whose attention
-    # patch finds the perturbed rows by entry index.
+    # Extra negatives, then each perturbation's perturbed cond: more entries of the same batched call, whose block
+    # patches find the perturbed rows by entry index.
     extra = [guider.conds[negative_key(i)] for i in step.negatives] + [positive] * len(step.perturbed)
 
     def call_options(first_extra: int) -> dict:
         if not step.with_perturbed:
             return model_options
         first = first_extra + len(step.negatives)
-        return with_perturbed_attention(model_options, [(recipe.perturbations[i].blocks, first + n)
-                                                        for n, i in enumerate(step.perturbed)])
+        return with_perturbations(model_options, architecture_of(guider.model_patcher),
+                                  [(recipe.perturbations[i], first + n) for n, i in enumerate(step.perturbed)],
+                                  tuple(x.shape[2:]))
 
     if "sampler_calc_cond_batch_function" in model_options:
         # The slot's protocol is core's: exactly [cond, uncond or None] (SkipLayerGuidanceDiTSimple unpacks two). The

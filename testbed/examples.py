@@ -44,6 +44,10 @@ class Family:
     scheduler: str = "normal"
     latent: str = "EmptyLatentImage"
     testbed_checkpoint: str = "steer_tiny_sd15.safetensors"  # what testbed/swap.py puts in its place
+    # What testbed/swap.py puts in a perturbation node's `blocks` on the tiny model, when the real model's blocks are
+    # not all there (None: the example's blocks exist in the tiny model too).
+    testbed_blocks: str | None = None
+    flow: bool = False  # samples by flow matching (SD3's sgm_uniform sigmas 1 → 0), as the card draws its steps
 
 
 SD15 = Family("SD1.5", "v1-5-pruned-emaonly-fp16.safetensors",
@@ -55,8 +59,15 @@ SDXL = Family("SDXL", "sd_xl_base_1.0.safetensors",
 SD35 = Family("SD3.5", "sd3.5_large_fp8_scaled.safetensors",
               "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/"
               "sd3.5_large_fp8_scaled.safetensors?download=true", 1024, 20, scheduler="sgm_uniform",
-              latent="EmptySD3LatentImage", testbed_checkpoint="steer_tiny_sd3.safetensors")
-FAMILIES = (SD15, SDXL, SD35)
+              latent="EmptySD3LatentImage", testbed_checkpoint="steer_tiny_sd3.safetensors", testbed_blocks="double.0",
+              flow=True)
+# Stability's settings for SD3.5 Medium (model card: 40 steps, cfg 4.5), the model skip-layer guidance was made for.
+SD35_MEDIUM = Family("SD3.5 Medium", "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors",
+                     "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/"
+                     "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors?download=true", 1024, 40,
+                     scheduler="sgm_uniform", latent="EmptySD3LatentImage",
+                     testbed_checkpoint="steer_tiny_sd3.safetensors", testbed_blocks="double.0", flow=True)
+FAMILIES = (SD15, SDXL, SD35, SD35_MEDIUM)
 
 
 @dataclass(frozen=True)
@@ -177,9 +188,22 @@ def _extra_negative(b: Builder, model: Link, clip: Link, text: str = "watermark,
                   **{"scale": 0.8, "mode": "perpendicular", **settings}), 0]
 
 
+WINDOW = {"start_percent": 0.0, "end_percent": 1.0, "sigma_start": -1.0, "sigma_end": -1.0, "adaptive_scale": 0.0,
+          "rescale": 0.0}
+
+
 def _pag(b: Builder, model: Link, **settings: Any) -> Link:
-    return [b.add("SteerPAG", model=model, **{"scale": 3.0, "blocks": "middle.0", "start_percent": 0.0,
-                                              "end_percent": 1.0, **settings}), 0]
+    return [b.add("SteerPAG", model=model, **{"scale": 3.0, "blocks": "auto", **WINDOW, **settings}), 0]
+
+
+def _seg(b: Builder, model: Link, **settings: Any) -> Link:
+    return [b.add("SteerSEG", model=model, **{"scale": 3.0, "blur_sigma": -1.0, "blocks": "auto", **WINDOW,
+                                              **settings}), 0]
+
+
+def _skip_layer(b: Builder, model: Link, **settings: Any) -> Link:
+    return [b.add("SteerSkipLayer", model=model, **{"scale": 3.0, "blocks": "auto", **WINDOW, "start_percent": 0.01,
+                                                    "end_percent": 0.15, **settings}), 0]
 
 
 def _all_four(b: Builder, model: Link, clip: Link) -> Link:
@@ -296,11 +320,13 @@ EXAMPLES: dict[str, Example] = {example.key: example for example in (
         lambda f: custom_sampler("steer_negative", f, 7.0, lambda b, model, clip: _extra_negative(b, model, clip),
                                  negative=LOW_QUALITY)),
     Example(
-        "steer_pag", "Steer 06 - PAG (SD1.5)", SD15,
-        "## PAG in the same batch as CFG\n**Steer PAG** (Ahn et al. 2024) also runs the positive with "
-        "self-attention switched off in the middle block and steers away from that blurred guess: sharper "
-        "structure at a low cfg. Computed in the same model call as positive and negative. Top: cfg 4 alone."
-        + TRY + "scale 2–5; blocks `input.8, middle.0`; end_percent 0.7 with ancestral samplers.",
+        "steer_pag", "Steer 06 - PAG (SDXL)", SDXL,
+        "## PAG in the same batch as CFG\n**Steer Perturbed-Attention Guidance** (Ahn et al. 2024) also runs the "
+        "positive with self-attention replaced by the identity in the middle block (`auto`: the family's default, "
+        "`middle.0` on SD1.5 and SDXL) and steers away from that blurred guess: sharper structure at a low cfg. "
+        "Computed in the same model call as positive and negative. Top: cfg 4 alone." + TRY + "scale 2–5; a "
+        "preset or blocks `input.8, middle.0`; end_percent 0.7 with ancestral samplers; adaptive_scale 0.2 fades "
+        "the term to 0 by timestep 375, as pamparamm's PAG node.",
         lambda f: custom_sampler("steer_pag", f, 4.0, lambda b, model, clip: _pag(b, model))),
     Example(
         "steer_cfg_pp", "Steer 07 - CFG++ sampler (SD1.5)", SD15,
@@ -363,6 +389,24 @@ EXAMPLES: dict[str, Example] = {example.key: example for example in (
         "is its own same-seed comparison." + TRY + "up to 16 scales of your own (0–100); "
         "compare_without_steer off for one row; any Steer patch chain on the model.",
         steer_sweep, kind="grid"),
+    Example(
+        "steer_seg", "Steer 15 - SEG (SDXL)", SDXL,
+        "## Smoothed energy guidance: structure without a high cfg\n**Steer Smoothed Energy Guidance** (Hong "
+        "2024) also runs the positive with the self-attention queries of the middle block blurred (`blur_sigma` "
+        "−1: infinitely, every query the mean) and steers away from that smoothed prediction, in the same model "
+        "call as positive and negative. Top: cfg 4 alone." + TRY + "blur_sigma 1, 4, 16 for a milder blur; scale "
+        "1–5; SEG alone at cfg 1 (no negative pass at all).",
+        lambda f: custom_sampler("steer_seg", f, 4.0, lambda b, model, clip: _seg(b, model))),
+    Example(
+        "steer_skip_layer", "Steer 16 - Skip-layer (SD3.5 Medium)", SD35_MEDIUM,
+        "## Skip-layer guidance in one model call\n**Steer Skip-Layer Guidance** also runs the positive with "
+        "joint blocks 7–9 passed through (`double.7-9`: core SkipLayerGuidanceSD3's and Stability's layers for "
+        "SD3.5 Medium) from 1 % to 15 % of the run, and steers away from it: better anatomy and structure. "
+        "Unlike core's node it adds a row to the same batched call instead of a second model call, and rescales "
+        "per image. Top: the same KSampler without it." + TRY + "scale 2–4; end_percent 0.2 (Stability's); "
+        "rescale 0.5 if colours burn; blocks `auto` (= double.7-9 here).",
+        lambda f: ksampler("steer_skip_layer", f, 4.5, lambda b, model, clip: _skip_layer(
+            b, model, blocks="double.7-9"))),
 )}
 
 

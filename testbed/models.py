@@ -13,6 +13,7 @@ tests; call `testbed.comfy.import_comfy()` first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ TAESD = "vae/steer_tiny_taesd.safetensors"
 SD3_MMDIT = "diffusion_models/steer_tiny_sd3.safetensors"
 TAESD3 = "vae/steer_tiny_taesd3.safetensors"
 WAN21 = "diffusion_models/steer_tiny_wan21.safetensors"
+HUNYUAN_VIDEO = "diffusion_models/steer_tiny_hunyuan_video.safetensors"
 SD3_CHECKPOINT = "checkpoints/steer_tiny_sd3.safetensors"  # what the SD3.5 example's checkpoint becomes in tests
 SD15_CONTROLNET = "controlnet/steer_tiny_sd15_controlnet.safetensors"
 
@@ -125,8 +127,8 @@ def random_weights(
             tensor = overrides[key].to(torch.float32)
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"override {key}: shape {tuple(tensor.shape)}, expected {shape}")
-        elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.RMSNorm)):  # Flux's QK norms on 0.33
-            tensor = torch.ones(shape) if attr == "weight" else torch.zeros(shape)
+        elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)) or "RMSNorm" in type(owner).__name__:
+            tensor = torch.zeros(shape) if attr == "bias" else torch.ones(shape)  # RMSNorm gains: weight or scale
         elif isinstance(owner, torch.nn.Embedding):
             tensor = _randn(shape, f"{salt}:{key}", EMBEDDING_STD)
         elif attr == "bias":
@@ -228,6 +230,35 @@ def wan21_weights() -> dict[str, torch.Tensor]:
     return random_weights(wan, "wan21", overrides=overrides)
 
 
+# Detected as HunyuanVideo (text-to-video, flow, 5-D latents): heads = hidden // 128, RoPE axes [16, 56, 56], MLP
+# ratio 4 and CLIP-L's pooled 768 are fixed by detection; hidden 256 gives two heads, so a head-layout mix-up shows.
+# The text width is the LLaVA-Llama-3 encoder's 4096.
+HUNYUAN_VIDEO_CONFIG: dict[str, Any] = {
+    "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 256,
+    "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "axes_dim": [16, 56, 56], "theta": 256,
+    "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False,
+    "use_cond_type_embedding": False, "vision_in_dim": None,
+}
+
+
+def newer_params(params_class: type, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `defaults` that `params_class` (a ComfyUI model's params dataclass) declares: fields newer
+    ComfyUI versions added, given their neutral values, so one config builds on old and new versions alike."""
+    names = {field.name for field in dataclasses.fields(params_class)}
+    return {name: value for name, value in defaults.items() if name in names}
+
+
+@cache
+def hunyuan_video_weights() -> dict[str, torch.Tensor]:
+    """A HunyuanVideo of 2 double + 2 single blocks that detection identifies as HunyuanVideo, fp32."""
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
+
+    config = HUNYUAN_VIDEO_CONFIG | newer_params(HunyuanVideoParams, {"meanflow_sum": False})
+    model = HunyuanVideo(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    return random_weights(model, "hunyuan_video")
+
+
 @cache
 def sd15_controlnet_weights() -> dict[str, torch.Tensor]:
     """A ControlNet for the tiny SD1.5 UNet (ControlNetLoader detects it from the same shapes), RGB hint, fp32. Its
@@ -271,6 +302,7 @@ BUILDERS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
     SD3_MMDIT: sd3_mmdit_weights,
     TAESD3: lambda: taesd_weights(16, 1.5305, 0.0609),
     WAN21: wan21_weights,
+    HUNYUAN_VIDEO: hunyuan_video_weights,
     SD3_CHECKPOINT: _sd3_checkpoint,
     SD15_CONTROLNET: sd15_controlnet_weights,
 }

@@ -29,9 +29,11 @@ TITLE, GAP, COLUMN_GAP, GROUP_HEADER = 30, 24, 40, 50
 MAX_COLUMN_HEIGHT = 1100
 IMAGE_SIZE = [360, 440]
 NOTE_WIDTH, PROMPT_WIDTH = 380, 380
-# What js/steer.js adds below the widgets: the preview plot (PLOT_HEIGHT + 24 + 4) and SteerPAG's preset combo. The
-# front end grows a node that is too small for its widgets but never shrinks one: sizes here are what it draws.
-JS_EXTRA_HEIGHT = {"SteerScaleSchedule": 120, "SteerCFGSkip": 120, "SteerPAG": 148}
+# What js/steer.js adds below the widgets: the preview plot (PLOT_HEIGHT + 24 + 4) and the perturbation nodes' preset
+# combo. The front end grows a node that is too small for its widgets but never shrinks one: sizes here are what it
+# draws.
+JS_EXTRA_HEIGHT = {"SteerScaleSchedule": 120, "SteerCFGSkip": 120, "SteerPAG": 148, "SteerSEG": 148,
+                   "SteerSkipLayer": 148}
 SELECTORS = ("mode", "curve")
 WIDGET_HEIGHT = 24
 USED_BY = re.compile(r"(?:^|[.;]\s+)([a-z_+]+(?:\s*/\s*[a-z_+]+)*):")

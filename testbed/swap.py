@@ -1,7 +1,14 @@
 """What the test bed changes in an example before running it: the tiny models for the real checkpoints, 64² instead
-of 512²/1024², at most 8 steps. The example files stay as people use them.
+of 512²/1024², at most 8 steps, and perturbation blocks the tiny model has. The example files stay as people use them.
 
-The same rules, as `TESTBED_VALUES`, drive the browser tests, which swap the widget values in the page.
+Blocks: the tiny SD1.5 UNet (what SD1.5 and SDXL examples run on) has SD1.5's and SDXL's default block, `middle.0`,
+so `auto` and `middle.0` stay. The tiny SD3 MMDiT has one joint block, double.0, where SD3.5 has 24 (Medium) or 38
+(Large): a perturbation node's `blocks` (`double.7-9`, or `auto`, which stands for it) becomes `double.0` on it, the
+family's `testbed_blocks`. The nodes themselves are unchanged: on the tiny SD3 they refuse double.7-9 as on any model
+that lacks those blocks.
+
+The same rules, as `TESTBED_VALUES` and `TESTBED_BLOCKS`, drive the browser tests, which swap the widget values in
+the page.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ TESTBED_VALUES: dict[str, Any] = {
     "height": TESTBED_SIZE,
     "steps": TESTBED_STEPS,
 }
+# By the example's checkpoint: what every `blocks` input becomes on the tiny model that replaces it.
+TESTBED_BLOCKS: dict[str, str] = {family.checkpoint: family.testbed_blocks for family in FAMILIES
+                                  if family.testbed_blocks}
 
 
 def swapped_value(name: str, value: Any) -> Any:
@@ -36,8 +46,12 @@ def swapped_value(name: str, value: Any) -> Any:
 def for_testbed(prompt: dict[str, Any]) -> dict[str, Any]:
     """A copy of the API prompt `prompt` that runs on the test bed's tiny models in seconds."""
     prompt = copy.deepcopy(prompt)
+    checkpoints = [node["inputs"].get("ckpt_name") for node in prompt.values()]
+    blocks = next((TESTBED_BLOCKS[name] for name in checkpoints if name in TESTBED_BLOCKS), None)
     for node in prompt.values():
         node["inputs"] = {name: swapped_value(name, value) for name, value in node["inputs"].items()}
+        if blocks is not None and isinstance(node["inputs"].get("blocks"), str):
+            node["inputs"]["blocks"] = blocks
     return prompt
 
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from guiders.pag import PerturbedAttention
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
 from testbed.comfy import BASE, ROOT
 from testbed.examples import EXAMPLES, Example, write_dataset
 from testbed.server import ComfyServer
-from testbed.swap import TESTBED_STEPS, TESTBED_VALUES
+from testbed.swap import TESTBED_BLOCKS, TESTBED_STEPS, TESTBED_VALUES
+from testbed.thumbnails import discrete_sigmas, percent_to_sigma, schedule
 from testbed.workflow import input_specs, is_widget
 
 playwright = pytest.importorskip("playwright.sync_api", reason="scripts/setup.sh installs playwright")
@@ -143,15 +143,20 @@ def widget_names(info: dict[str, Any]) -> set[str]:
     return {name for name, spec, _ in input_specs(info) if is_widget(spec)}
 
 
-SWAP_JS = """values => {
+SWAP_JS = """([values, blocksByCheckpoint]) => {
+  const checkpoints = app.graph.nodes.flatMap(n => (n.widgets ?? []).filter(w => w.name === "ckpt_name"))
+    .map(w => w.value);
+  const blocks = checkpoints.map(name => blocksByCheckpoint[name]).find(b => b !== undefined);
   for (const node of app.graph.nodes) for (const widget of node.widgets ?? []) {
-    const rule = values[widget.name];
+    const rule = widget.name === "blocks" && blocks !== undefined ? blocks : values[widget.name];
     if (rule === undefined) continue;
-    const value = typeof rule === "object" ? (rule[widget.value] ?? widget.value) : Math.min(widget.value, rule);
+    const value = typeof rule === "object" ? (rule[widget.value] ?? widget.value)
+      : typeof rule === "string" ? rule : Math.min(widget.value, rule);
     widget.value = value;
     widget.callback?.(value);
   }
 }"""
+SWAP = [TESTBED_VALUES, TESTBED_BLOCKS]  # testbed/swap.py's rules, applied to the widgets in the page
 
 IMAGES_JS = """() => app.graph.nodes.filter(n => n.type === "SaveImage" || n.type === "PreviewImage")
   .map(n => ({type: n.type, loaded: (n.imgs ?? []).filter(i => i.complete && i.naturalWidth > 0).length}))"""
@@ -205,7 +210,7 @@ def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set
         (results / f"{key}-zoom.txt").write_text(f"{zoom:.3f}\n")
         assert zoom >= READABLE_ZOOM, f"Fit View zooms to {zoom:.2f} in a 1600×1000 window"
 
-        p.evaluate(SWAP_JS, TESTBED_VALUES)
+        p.evaluate(SWAP_JS, SWAP)
         p.evaluate("""() => { window.__steerErrors = []; window.__steerDone = false;
             app.api.addEventListener("execution_error", e => window.__steerErrors.push(e.detail));
             app.api.addEventListener("execution_success", () => { window.__steerDone = true; }); }""")
@@ -243,7 +248,7 @@ def load(page: Any, key: str, swap: bool = True) -> None:
     """An example's UI file in the editor, on the test bed's models unless `swap` is False; previews settled."""
     page.evaluate("workflow => app.loadGraphData(workflow)", json.loads(EXAMPLES[key].path.read_text()))
     if swap:
-        page.evaluate(SWAP_JS, TESTBED_VALUES)
+        page.evaluate(SWAP_JS, SWAP)
     settle(page)
 
 
@@ -333,13 +338,16 @@ def test_schedule_curve_follows_its_widgets_and_the_sampler(graph_page: Any) -> 
 
 
 def test_skip_and_pag_show_the_steps_they_act_on(graph_page: Any) -> None:
+    """CFG skip by step share; PAG (end_percent 0.7) on the steps whose sigma is at least ComfyUI's
+    percent_to_sigma(0.7), the convention of core's SkipLayerGuidanceDiT and ControlNet."""
     p = graph_page.page
     load(p, "steer_pag_cfg_skip")
     guided = [CFGSkip("percent", 0.3, 1.0).guides_step(i, TESTBED_STEPS, 0.0) for i in range(TESTBED_STEPS)]
-    perturbed = [PerturbedAttention(3.0, (("middle", 0, None),), 0.0, 0.7).active(i, TESTBED_STEPS)
-                 for i in range(TESTBED_STEPS)]
     assert steer_node(p, "SteerCFGSkip", "node.steerPreview.active") == guided
-    assert steer_node(p, "SteerPAG", "node.steerPreview.active") == perturbed
+    preview = steer_node(p, "SteerPAG", "node.steerPreview")
+    assert preview["sigmas"] == pytest.approx(discrete_sigmas(TESTBED_STEPS), rel=1e-4)
+    perturbed = [sigma >= percent_to_sigma(0.7) for sigma in discrete_sigmas(TESTBED_STEPS)]
+    assert preview["active"] == perturbed and 0 < sum(perturbed) < TESTBED_STEPS
     load(p, "steer_cfg_skip")  # sigma mode on the test bed's SD1.5 model: the sigmas of its normal schedule
     preview = steer_node(p, "SteerCFGSkip", "node.steerPreview")
     assert preview["active"] == [0.28 < sigma <= 5.42 for sigma in preview["sigmas"]]
@@ -347,34 +355,75 @@ def test_skip_and_pag_show_the_steps_they_act_on(graph_page: Any) -> None:
     assert any("SDXL" in note for note in steer_node(p, "SteerCFGSkip", "node.steerNotes"))
 
 
-def test_pag_presets_and_the_model_blocks(graph_page: Any) -> None:
-    """Presets fill `blocks`; the loaded model's block names are listed (read from the file header) and a name the
-    model lacks is flagged before anything runs."""
+PRESETS_JS = "w('preset').options.values"
+
+
+def test_pag_presets_and_the_model_blocks(graph_page: Any, server: ComfyServer) -> None:
+    """The presets are "auto" then each family's default (GET /steer/presets); choosing one fills `blocks`; on the
+    test bed's SD1.5 file "auto" is shown to mean middle.0, the file's blocks are listed (read from its header), and
+    a preset for another family is flagged with the node's own refusal before anything runs."""
     p = graph_page.page
     load(p, "steer_pag")
-    presets = steer_node(p, "SteerPAG", "w('preset').options.values")
-    assert any("joint" in preset for preset in presets) and any("middle" in preset for preset in presets)
-    sd3 = next(preset for preset in presets if "SD3" in preset)
-    set_widget(p, "SteerPAG", "preset", sd3)
-    assert steer_node(p, "SteerPAG", "[w('blocks').value, w('preset').value]")[0].startswith("joint.")
-    assert any("not in this model: joint" in note for note in steer_node(p, "SteerPAG", "node.steerNotes"))
-    set_widget(p, "SteerPAG", "blocks", "middle.0")
+    status, presets = server.get("/steer/presets")
+    assert status == 200
+    assert steer_node(p, "SteerPAG", PRESETS_JS) == ["preset…", *(label for label, _ in presets["SteerPAG"])]
     notes = steer_node(p, "SteerPAG", "node.steerNotes")
+    assert "auto = middle.0 (SD1.5 default)" in notes, notes
     assert any(note.startswith("SD1.5 blocks:") and "middle.0" in note for note in notes), notes
-    assert not any("not in this model" in note for note in notes)
-    assert steer_node(p, "SteerPAG", "node.serialize().widgets_values") == [3, "middle.0", 0, 1]
+    sd3 = next(label for label, blocks in presets["SteerPAG"] if label.startswith("SD3"))
+    set_widget(p, "SteerPAG", "preset", sd3)
+    assert steer_node(p, "SteerPAG", "[w('blocks').value, w('preset').value]") == ["double.1", "preset…"]
+    notes = steer_node(p, "SteerPAG", "node.steerNotes")
+    assert notes[0] == "⚠ double.1 not in this UNet model; it has input.1, middle.0, output.0, output.1", notes
+    set_widget(p, "SteerPAG", "preset", presets["SteerPAG"][0][0])
+    assert steer_node(p, "SteerPAG", "w('blocks').value") == "auto"
+    assert not any(note.startswith("⚠") for note in steer_node(p, "SteerPAG", "node.steerNotes"))
+    assert steer_node(p, "SteerPAG", "node.serialize().widgets_values") == [3, "auto", 0, 1, -1, -1, 0, 0]
 
 
-@pytest.mark.parametrize(("name", "family", "block"), [("steer_tiny_sd15.safetensors", "SD1.5", "middle.0"),
-                                                       ("steer_tiny_sd3.safetensors", "SD3", "joint.0")])
-def test_model_info_route_reads_the_header(server: ComfyServer, name: str, family: str, block: str) -> None:
-    status, info = server.get(f"/steer/model_info?folder=checkpoints&name={name}")
+def test_seg_and_skip_layer_show_their_steps_blocks_and_presets(graph_page: Any, server: ComfyServer) -> None:
+    """SteerSEG (SDXL example, on the tiny SD1.5) acts on every step of its 0–1 window; SteerSkipLayer (SD3.5 Medium
+    example, on the tiny SD3 file) on the flow steps inside ComfyUI's percent window 1 %–15 %, with the file's one
+    block listed; `auto` there stands for SD3's double.7-9, which the tiny file lacks: flagged, as the node would
+    refuse it. Skip-layer offers no UNet preset."""
+    p = graph_page.page
+    status, presets = server.get("/steer/presets")
+    load(p, "steer_seg")
+    assert steer_node(p, "SteerSEG", PRESETS_JS) == ["preset…", *(label for label, _ in presets["SteerSEG"])]
+    assert steer_node(p, "SteerSEG", "node.steerPreview.active") == [True] * TESTBED_STEPS
+    assert "auto = middle.0 (SD1.5 default)" in steer_node(p, "SteerSEG", "node.steerNotes")
+
+    load(p, "steer_skip_layer")
+    labels = steer_node(p, "SteerSkipLayer", PRESETS_JS)
+    assert labels == ["preset…", *(label for label, _ in presets["SteerSkipLayer"])]
+    assert not any("UNet" in label for label in labels)
+    high, low = percent_to_sigma(0.01, flow=True), percent_to_sigma(0.15, flow=True)
+    expected = [low <= sigma <= high for sigma, _ in schedule(TESTBED_STEPS, flow=True)]
+    preview = steer_node(p, "SteerSkipLayer", "node.steerPreview")
+    assert preview["active"] == expected and any(expected) and preview["flow"]
+    assert preview["sigmas"] == pytest.approx([sigma for sigma, _ in schedule(TESTBED_STEPS, flow=True)], rel=1e-4)
+    assert steer_node(p, "SteerSkipLayer", "[w('blocks').value, node.steerNotes]") == [
+        "double.0", ["SD3 blocks: double.0"]]
+    set_widget(p, "SteerSkipLayer", "blocks", "auto")
+    notes = steer_node(p, "SteerSkipLayer", "node.steerNotes")
+    assert notes[0].startswith("⚠ double.7, double.8, double.9 not in this SD3 MMDiT model"), notes
+    assert "auto = double.7, double.8, double.9 (SD3 default)" in notes
+
+
+@pytest.mark.parametrize(("folder", "name", "family", "block"), [
+    ("checkpoints", "steer_tiny_sd15.safetensors", "SD1.5", "middle.0"),
+    ("checkpoints", "steer_tiny_sd3.safetensors", "SD3", "double.0"),
+    ("diffusion_models", "steer_tiny_wan21.safetensors", "Wan", "double.0")])
+def test_model_info_route_reads_the_header(server: ComfyServer, folder: str, name: str, family: str,
+                                           block: str) -> None:
+    status, info = server.get(f"/steer/model_info?folder={folder}&name={name}")
     assert status == 200 and info["found"] and info["family"] == family and block in info["blocks"], info
-    assert info["flow"] == (family == "SD3")
+    assert info["flow"] == (family != "SD1.5")
 
 
 def test_model_info_route_refuses_what_it_should_not_read(server: ComfyServer) -> None:
     for query in ("folder=checkpoints&name=missing.safetensors", "folder=..&name=steer_tiny_sd15.safetensors",
                   "folder=checkpoints&name=../checkpoints/steer_tiny_sd15.safetensors"):
         status, info = server.get(f"/steer/model_info?{query}")
-        assert status == 200 and info == {"family": "unknown", "flow": False, "blocks": [], "found": False}, query
+        assert status == 200 and info == {"family": "unknown", "flow": False, "architecture": None, "blocks": [],
+                                          "found": False}, query

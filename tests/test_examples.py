@@ -15,14 +15,15 @@ from PIL import Image
 
 from guiders.dropout import dropped
 from testbed.comfy import MODELS
-from testbed.examples import EXAMPLES, EXAMPLES_DIR, FAMILIES, SD15, SDXL, Example
+from testbed.examples import EXAMPLES, EXAMPLES_DIR, FAMILIES, SD15, SD35_MEDIUM, SDXL, Example
 from testbed.showcase import READABLE, fit_view_scale, with_plain_cfg
-from testbed.swap import TESTBED_SIZE, TESTBED_STEPS, for_testbed, steer_branch, swapped_value
-from testbed.thumbnails import DROPOUT_CELLS, discrete_sigmas, dropped_samples, per_step
+from testbed.swap import TESTBED_BLOCKS, TESTBED_SIZE, TESTBED_STEPS, for_testbed, steer_branch, swapped_value
+from testbed.thumbnails import DROPOUT_CELLS, discrete_sigmas, dropped_samples, per_step, percent_to_sigma, schedule
 
 LATENTS = {"EmptyLatentImage", "EmptySD3LatentImage"}
 ENGINE_PATCHES = {"SteerScaleSchedule", "SteerDynamicThreshold", "SteerCFGSkip", "SteerNegative"}
-PATCHES = ENGINE_PATCHES | {"SteerPAG"}
+PERTURBATIONS = {"SteerPAG", "SteerSEG", "SteerSkipLayer"}
+PATCHES = ENGINE_PATCHES | PERTURBATIONS
 SAMPLERS = {"KSampler", "SamplerCustomAdvanced", "SteerSweep"}
 IMAGE_EXAMPLES = [key for key, example in EXAMPLES.items() if example.compare]
 TRAINING_EXAMPLES = [key for key, example in EXAMPLES.items() if example.training]
@@ -93,8 +94,8 @@ def test_definition_is_for_a_real_model(key: str) -> None:
 
 @pytest.mark.parametrize("key", list(EXAMPLES))
 def test_testbed_swap_makes_it_tiny(key: str) -> None:
-    """The test bed runs the example on its own models (files that exist), at 64² and ≤ 8 steps; nothing else
-    changes."""
+    """The test bed runs the example on its own models (files that exist), at 64² and ≤ 8 steps, with perturbation
+    blocks the tiny model has (testbed/swap.py); nothing else changes."""
     graph = defined(key)
     tiny = for_testbed(graph)
     assert (MODELS / "checkpoints" / only(tiny, {"CheckpointLoaderSimple"})["inputs"]["ckpt_name"]).is_file()
@@ -105,7 +106,21 @@ def test_testbed_swap_makes_it_tiny(key: str) -> None:
     assert steps and all(0 < count <= TESTBED_STEPS for count in steps)
     changed = {(key, name) for key in graph for name, value in graph[key]["inputs"].items()
                if tiny[key]["inputs"][name] != value}
-    assert {name for _, name in changed} <= {"ckpt_name", "width", "height", "steps"}
+    assert {name for _, name in changed} <= {"ckpt_name", "width", "height", "steps", "blocks"}
+    family = EXAMPLES[key].family
+    for node_key, node in tiny.items():
+        if node["class_type"] in PERTURBATIONS:
+            assert node["inputs"]["blocks"] == (family.testbed_blocks or graph[node_key]["inputs"]["blocks"])
+
+
+def test_blocks_swap_only_where_the_tiny_model_lacks_them() -> None:
+    """SD1.5 and SDXL examples keep their blocks (the tiny UNet has middle.0, what "auto" means there); the SD3.5
+    families' go to the tiny MMDiT's one block; a checkpoint of the user's own is left alone."""
+    assert TESTBED_BLOCKS == {family.checkpoint: "double.0" for family in FAMILIES if family.flow}
+    assert SD35_MEDIUM.checkpoint in TESTBED_BLOCKS and SDXL.checkpoint not in TESTBED_BLOCKS
+    own = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "mine.safetensors"}},
+           "2": {"class_type": "SteerSkipLayer", "inputs": {"model": ["1", 0], "blocks": "double.7-9"}}}
+    assert for_testbed(own) == own
 
 
 def test_swapped_value_leaves_other_values_alone() -> None:
@@ -211,10 +226,29 @@ def test_thumbnail_chart_follows_the_settings() -> None:
     assert 0 < sum(skip["guided"]) < SDXL.steps and skip["rows"] == [2 if g else 1 for g in skip["guided"]]
     both = per_step(defined("steer_pag_cfg_skip"), {})
     assert both["rows"][0] == 2 and both["rows"][-1] == 2 and 3 in both["rows"]
+    assert both["perturbed"] == [["PAG"] if sigma >= percent_to_sigma(0.7) else [] for sigma in discrete_sigmas(25)]
     sweep = per_step(defined("steer_sweep"), {})
     assert sweep["scale"] == [16.0] * SD15.steps and all(sweep["guided"])
     sigmas = discrete_sigmas(20)
     assert sigmas == sorted(sigmas, reverse=True) and 14.0 < sigmas[0] < 15.0 and sigmas[-1] < 0.05
+
+
+@pytest.mark.parametrize(("key", "name"), [("steer_pag", "PAG"), ("steer_seg", "SEG"),
+                                           ("steer_skip_layer", "skip-layer")])
+def test_perturbation_cards_show_the_steps_each_acts_on(key: str, name: str) -> None:
+    """PAG and SEG act on every step (window 0–1), skip-layer only inside 1 %–15 % of SD3.5's flow schedule (σ of
+    ComfyUI's percent_to_sigma, sgm_uniform steps): one more model row on those steps and only there."""
+    example = EXAMPLES[key]
+    data = per_step(defined(key), {}, example.family.flow)
+    steps = schedule(example.family.steps, example.family.flow)
+    if key == "steer_skip_layer":
+        high, low = percent_to_sigma(0.01, flow=True), percent_to_sigma(0.15, flow=True)
+        expected = [low <= sigma <= high for sigma, _ in steps]
+        assert 0 < sum(expected) < len(steps) // 4 and not expected[0]  # σ 1 lies before 1 % of the run
+    else:
+        expected = [True] * len(steps)
+    assert data["perturbed"] == [[name] if on else [] for on in expected]
+    assert data["rows"] == [2 + on for on in expected]
 
 
 @pytest.mark.parametrize("key", TRAINING_EXAMPLES)

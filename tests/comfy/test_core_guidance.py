@@ -33,6 +33,7 @@ from comfy_extras.nodes_tcfg import TCFG
 from comfy_extras.nodes_video_model import VideoLinearCFGGuidance, VideoTriangleCFGGuidance
 
 from testbed.families import load_family
+from testbed.perturbations import reference_options
 from testbed.sampling import core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 CFG = 6.0
@@ -189,22 +190,14 @@ class Composed(comfy.samplers.CFGGuider):
 
     def perturbed(self, x, timestep, model_options):
         """D̂_c in a call of its own: identity self-attention in the UNet's middle block (PAG's default), or, on the
-        one-block SD3 MMDiT, identity attention for the image queries of its joint block (text queries unchanged)."""
+        one-block SD3 MMDiT, diffusers' joint-attention PAG in its block (testbed/perturbations.py)."""
         if self.image_tokens:
-            transformer_options = model_options.get("transformer_options", {}) | {
-                "optimized_attention_override": self.identity_image_queries}
-            options = model_options | {"transformer_options": transformer_options}
+            options = reference_options(model_options, "sd3", "pag", (("double", 0, None),), tuple(x.shape[2:]),
+                                        (2, 2), text_tokens=0)
         else:  # keyed with the transformer index too: ComfyUI prefers that key, and SAG registers its patch under it
             options = set_model_options_patch_replace(model_options.copy(), lambda q, k, v, extra: v, "attn1",
                                                       "middle", 0, 0)
         return calc_cond_batch(self.inner_model, [self.conds["positive"]], x, timestep, options)[0]
-
-    def identity_image_queries(self, func, q, k, v, *args, **kwargs):
-        out = func(q, k, v, *args, **kwargs).clone()
-        out[:, -self.image_tokens:] = v.reshape(out.shape)[:, -self.image_tokens:]  # MMDiT orders [text, image]
-        return out
-
-
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -14,16 +14,17 @@ import comfy.model_sampling
 import comfy.samplers
 import pytest
 import torch
-from comfy.samplers import calc_cond_batch
 from comfy_extras.nodes_flux import FluxGuidance
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
-from testbed.families import load_family
+from testbed.families import FAMILIES, load_family
+from testbed.perturbations import Branch, PerturbedReference
 from testbed.sampling import FormulaGuider, core_guider, custom_advanced, ksampler, mimic_threshold, run
 
 STEPS = 4
 # (family, cfg): Flux-dev runs at cfg 1 with FluxGuidance; Flux with real CFG at cfg > 1.
-CASES = [("sd15", 6.0), ("sd15_v", 6.0), ("sdxl", 6.0), ("sd3", 5.0), ("flux", 1.0), ("flux", 4.0), ("wan", 5.0)]
+CASES = [("sd15", 6.0), ("sd15_v", 6.0), ("sdxl", 6.0), ("sd3", 5.0), ("flux", 1.0), ("flux", 4.0), ("wan", 5.0),
+         ("chroma", 4.0), ("hunyuan_video", 1.0), ("hunyuan_video", 4.0), ("lumina2", 4.0), ("qwen_image", 4.0)]
 CASE_IDS = [f"{name}-cfg{cfg:g}" for name, cfg in CASES]
 UNET_FAMILIES = ("sd15", "sd15_v", "sdxl")
 
@@ -66,25 +67,79 @@ def case(request, steer):
 # --- the families are what they claim ------------------------------------------------------------------------------
 
 def test_each_family_is_detected_and_its_conditioning_matters(steer):
-    sd15, sd15_v, sdxl, sd3, flux, wan = (load_family(n) for n in ("sd15", "sd15_v", "sdxl", "sd3", "flux", "wan"))
-    assert isinstance(sd15.model.get_model_object("model_sampling"), comfy.model_sampling.EPS)
-    assert isinstance(sd15_v.model.get_model_object("model_sampling"), comfy.model_sampling.V_PREDICTION)
-    assert isinstance(sdxl.model.model, comfy.model_base.SDXL)
-    assert isinstance(sd3.model.model, comfy.model_base.SD3)
-    assert isinstance(flux.model.model, comfy.model_base.Flux)
-    assert flux.model.model.diffusion_model.params.guidance_embed
-    assert isinstance(wan.model.model, comfy.model_base.WAN21) and wan.latent(1).ndim == 5
-    for family in (sd15, sd15_v, sdxl, sd3, flux, wan):
+    families = {name: load_family(name) for name in FAMILIES}
+    expected = {"sdxl": comfy.model_base.SDXL, "sd3": comfy.model_base.SD3, "flux": comfy.model_base.Flux,
+                "wan": comfy.model_base.WAN21, "chroma": comfy.model_base.Chroma,
+                "hunyuan_video": comfy.model_base.HunyuanVideo, "lumina2": comfy.model_base.Lumina2,
+                "qwen_image": comfy.model_base.QwenImage}
+    for name, model_class in expected.items():
+        assert type(families[name].model.model) is model_class, name
+    assert isinstance(families["sd15"].model.get_model_object("model_sampling"), comfy.model_sampling.EPS)
+    assert isinstance(families["sd15_v"].model.get_model_object("model_sampling"), comfy.model_sampling.V_PREDICTION)
+    assert families["flux"].model.model.diffusion_model.params.guidance_embed
+    assert families["hunyuan_video"].model.model.diffusion_model.params.guidance_embed
+    for name in ("wan", "hunyuan_video", "qwen_image"):
+        assert families[name].latent(1).ndim == 5, name
+    for family in families.values():
         plain = run(core_guider(family.model, family, 1.0), "euler", family.latent(1), steps=2)
         guided = run(core_guider(family.model, family, 5.0), "euler", family.latent(1), steps=2)
         assert (guided - plain).abs().mean() > 0.05 * plain.abs().mean(), family.name
-    # SDXL's pooled vector (ADM) and Flux's distilled guidance reach the model.
+    # SDXL's and HunyuanVideo's pooled vectors and Flux's distilled guidance reach the model.
+    sdxl, flux, hunyuan = families["sdxl"], families["flux"], families["hunyuan_video"]
     for family, changed in ((sdxl, [[sdxl.positive[0][0], {"pooled_output": -sdxl.positive[0][1]["pooled_output"]}]]),
+                            (hunyuan, [[hunyuan.positive[0][0],
+                                        {"pooled_output": -hunyuan.positive[0][1]["pooled_output"]}]]),
                             (flux, FluxGuidance.execute(flux.positive, 1.0).result[0])):
         base = run(core_guider(family.model, family, 1.0), "euler", family.latent(1), steps=2)
         other = core_guider(family.model, family, 1.0)
         other.set_conds(changed, family.negative)
         assert (run(other, "euler", family.latent(1), steps=2) - base).abs().mean() > 1e-3 * base.abs().mean()
+
+
+def skip_block(args, _extra):
+    """Core SkipLayerGuidanceDiT's skip: the block passes its input through."""
+    return args
+
+
+def identity_attention_in_layer(layer: int, layers: int, joint_tokens: int):
+    """An attention override that makes main layer `layer` of a Lumina 2 model (no `dit` replaces there) output each
+    token's own value: its joint calls are the ones over all `joint_tokens`, `layers` of them per model call."""
+    calls = []
+
+    def override(func, q, k, v, *args, **kwargs):
+        out = func(q, k, v, *args, **kwargs)
+        if q.shape[2] != joint_tokens:
+            return out
+        calls.append(None)
+        return v.transpose(1, 2).reshape(out.shape) if (len(calls) - 1) % layers == layer else out
+
+    return override
+
+
+@pytest.mark.parametrize("name", ["flux", "wan", "chroma", "hunyuan_video", "lumina2", "qwen_image"])
+def test_every_dit_block_matters(steer, name):
+    """Skipping any one block (core's `dit` replace, as SkipLayerGuidanceDiT does; Lumina 2 has none, so there an
+    identity attention in that layer) clearly changes the prediction: perturbation tests on any layer of the tiny
+    models assert something."""
+    family = load_family(name)
+    diffusion_model = family.model.model.diffusion_model
+    blocks = [("double_block", i) for i in range(len(getattr(diffusion_model, "double_blocks", [])))]
+    blocks += [("single_block", i) for i in range(len(getattr(diffusion_model, "single_blocks", [])))]
+    blocks += [("double_block", i) for i in range(len(getattr(diffusion_model, "blocks", [])))]  # Wan
+    blocks += [("double_block", i) for i in range(len(getattr(diffusion_model, "transformer_blocks", [])))]  # Qwen
+    blocks += [("layer", i) for i in range(len(getattr(diffusion_model, "layers", [])))]  # Lumina 2
+    assert blocks
+    base = run(core_guider(family.model, family, 1.0), "euler", family.latent(1), steps=2)
+    for kind, index in blocks:
+        perturbed = family.model.clone()
+        if kind == "layer":
+            joint_tokens = family.positive[0][0].shape[1] + math.prod(size // 2 for size in family.latent_shape[-2:])
+            override = identity_attention_in_layer(index, len(diffusion_model.layers), joint_tokens)
+            perturbed.model_options["transformer_options"]["optimized_attention_override"] = override
+        else:
+            perturbed.set_model_patch_replace(skip_block, "dit", kind, index)
+        out = run(core_guider(perturbed, family, 1.0), "euler", family.latent(1), steps=2)
+        assert ((out - base).norm() / base.norm()).item() > 0.02, (name, kind, index)
 
 
 # --- every Steer node on every family -----------------------------------------------------------------------------
@@ -157,46 +212,21 @@ def test_extra_negative(case, steer_nodes, mode):
     assert_close(both_doors(steer_nodes, model, family, cfg), reference(family, formula, extra=(extra,)), rtol=1e-4)
 
 
-class MMDiTPerturbedReference(comfy.samplers.CFGGuider):
-    """CFG + PAG for a one-block MMDiT written from the paper: the perturbed cond in its own call, where the joint
-    attention's image queries output their own values (MMDiT orders tokens [text, image]; text queries unchanged)."""
-
-    def __init__(self, family, cfg: float, pag_scale: float):
-        super().__init__(family.model)
-        self.inner_set_conds({"positive": family.positive, "negative": family.negative})
-        self.scale, self.pag_scale = cfg, pag_scale
-        self.image_tokens = math.prod(size // 2 for size in family.latent_shape[-2:])
-
-    def identity_image_queries(self, func, q, k, v, *args, **kwargs):
-        out = func(q, k, v, *args, **kwargs).clone()
-        out[:, -self.image_tokens:] = v.reshape(out.shape)[:, -self.image_tokens:]
-        return out
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
-        positive = self.conds["positive"]
-        d_c, d_u = calc_cond_batch(self.inner_model, [positive, self.conds["negative"]], x, timestep, model_options)
-        transformer_options = model_options.get("transformer_options", {}) | {
-            "optimized_attention_override": self.identity_image_queries}
-        (d_p,) = calc_cond_batch(self.inner_model, [positive], x, timestep,
-                                 model_options | {"transformer_options": transformer_options})
-        return cfg_x0([d_c, d_u], self.scale) + self.pag_scale * (d_c - d_p)
-
-
 def test_pag(case, steer_nodes):
+    """UNets: core PerturbedAttentionGuidance; DiTs: the independent reference of testbed/perturbations.py (the
+    perturbed positive in its own call; every kind and block kind: tests/comfy/test_perturbations.py)."""
     family, cfg = case
     pag_scale = 3.0
-    if family.name in ("flux", "wan"):
-        with pytest.raises(ValueError, match=r"SteerPAG\)?: .* works on UNets \(SD1\.5, SDXL.*\) and MMDiT \(SD3\)"):
-            apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale)
-        return
     latent = family.latent(2)
     if family.name in UNET_FAMILIES:
         model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="middle.0")
         core = PerturbedAttentionGuidance.execute(family.model, pag_scale).result[0]
         expected = ksampler(core, family.positive, family.negative, cfg, "euler", latent, steps=STEPS)
     else:
-        model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="joint.0")
-        expected = custom_advanced(MMDiTPerturbedReference(family, cfg, pag_scale), "euler", latent, steps=STEPS)
+        model = apply(steer_nodes, family.model, "SteerPAG", scale=pag_scale, blocks="double.0")
+        patch = (1, 2, 2) if len(family.latent_shape) == 4 else (2, 2)  # video latents: [C, frames, h, w]
+        reference = PerturbedReference(family, cfg, [Branch("pag", (("double", 0, None),), pag_scale)], patch)
+        expected = custom_advanced(reference, "euler", latent, steps=STEPS)
     actual = both_doors(steer_nodes, model, family, cfg)
     # One batched call against the reference's two: batches of different sizes round differently (see test_pag.py).
     assert ((actual - expected).norm() / expected.norm()).item() < 1e-4

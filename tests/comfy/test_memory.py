@@ -30,20 +30,19 @@ def force_free_memory(monkeypatch, model_patcher, shape: tuple[int, ...]) -> Non
     monkeypatch.setattr(comfy.model_management, "get_free_memory", get_free_memory)
 
 
-def steer_all(steer_nodes, family, pag: bool):
+def steer_all(steer_nodes, family):
     model = steer_nodes["SteerNegative"].execute(family.model, family.third, 0.5, "subtract").result[0]
     model = steer_nodes["SteerNegative"].execute(model, family.positive, 0.3, "perpendicular").result[0]
-    if pag:
-        model = steer_nodes["SteerPAG"].execute(model, 2.0, "middle.0", 0.0, 1.0).result[0]
-    return model
+    blocks = "middle.0" if family.name == "sd15" else "double.0"
+    return steer_nodes["SteerPAG"].execute(model, scale=2.0, blocks=blocks, start_percent=0.0,
+                                           end_percent=1.0).result[0]
 
 
 @pytest.mark.parametrize("name", ["sd15", "wan"])
 def test_forced_low_free_memory_splits_the_batch_and_keeps_the_latents(steer_nodes, monkeypatch, name):
     family = load_family(name)
-    pag = name == "sd15"  # SteerPAG refuses Wan (tests/comfy/test_families.py)
-    entries = 5 if pag else 4  # cond, uncond, two extra negatives (, perturbed cond)
-    model = steer_all(steer_nodes, family, pag)
+    entries = 5  # cond, uncond, two extra negatives, perturbed cond
+    model = steer_all(steer_nodes, family)
     latent = family.latent(2)
     with model_calls(family.model) as rows:
         whole = ksampler(model, family.positive, family.negative, 5.0, "euler", latent, steps=3)
@@ -52,7 +51,7 @@ def test_forced_low_free_memory_splits_the_batch_and_keeps_the_latents(steer_nod
     force_free_memory(monkeypatch, family.model, (4, *latent.shape[1:]))
     with model_calls(family.model) as rows:
         split = ksampler(model, family.positive, family.negative, 5.0, "euler", latent, steps=3)
-    per_step = [4, 4, 2] if pag else [4, 4]  # entries of 2 rows, at most two per call (in ComfyUI's order)
+    per_step = [4, 4, 2]  # entries of 2 rows, at most two per call (in ComfyUI's order)
     assert sorted(rows) == sorted(per_step * 3)
     assert relative_error(split, whole) < 1e-4  # batches of other sizes round differently
 

@@ -103,14 +103,14 @@ def test_an_attention_patch_already_on_the_block_still_runs_for_the_other_rows(i
 
 
 def test_unknown_blocks_and_dit_models_are_refused_before_sampling(inprocess_bed, sd3_bed, steer_nodes):
-    with pytest.raises(ValueError, match=r"\(SteerPAG\): input .blocks.: output\.9 not in this model; it has "
+    with pytest.raises(ValueError, match=r"\(SteerPAG\): input .blocks.: output\.9 not in this UNet model; it has "
                                          r".*middle\.0"):
         pag(steer_nodes, inprocess_bed.model, blocks="middle.0, output.9")
-    with pytest.raises(ValueError, match=r"middle\.0\.5 not in this model"):
+    with pytest.raises(ValueError, match=r"middle\.0\.5 not in this UNet model"):
         pag(steer_nodes, inprocess_bed.model, blocks="middle.0.5")
     assert "block 2 ('mid0')" in steer_nodes["SteerPAG"].validate_inputs(blocks="middle.0, mid0")
-    with pytest.raises(ValueError, match=r"middle\.0 not in this model; it has self-attention in joint\.0$"):
-        pag(steer_nodes, sd3_bed.model)
+    with pytest.raises(ValueError, match=r"middle\.0 not in this SD3 MMDiT model; it has double\.0$"):
+        pag(steer_nodes, sd3_bed.model, blocks="middle.0")
 
 
 def test_on_mmdit_the_image_queries_are_perturbed_in_the_same_call(sd3_bed, steer_nodes, monkeypatch):

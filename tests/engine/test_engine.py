@@ -9,7 +9,7 @@ from reference import quantile
 from guiders import engine
 from guiders.engine import Plan, Recipe
 from guiders.negatives import ExtraNegative
-from guiders.pag import PerturbedAttention
+from guiders.perturbation import Perturbation
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
 from guiders.steps import unless_final_evaluations
@@ -364,11 +364,11 @@ def test_recipe_slots_replace_and_negatives_accumulate():
     assert base == Recipe()  # adding returns a new recipe
 
 
-def test_pag_patches_accumulate_and_single_slots_say_what_they_replace():
-    p1, p2 = PerturbedAttention(3.0), PerturbedAttention(1.5, (("output", 1, 0),), 0.5, 1.0)
+def test_perturbations_accumulate_and_single_slots_say_what_they_replace():
+    p1, p2 = Perturbation("pag", 3.0), Perturbation("seg", 1.5, (("output", 1, 0),), 5.0, 0.5)
     recipe = Recipe().adding(p1).adding(p2)
     assert recipe.perturbations == (p1, p2)
-    assert recipe.replaced(PerturbedAttention()) is None and recipe.replaced(ExtraNegative("a")) is None
+    assert recipe.replaced(Perturbation()) is None and recipe.replaced(ExtraNegative("a")) is None
     first = ScaleSchedule(curve="linear_up")
     assert recipe.replaced(first) is None
     assert recipe.adding(first).replaced(ScaleSchedule(curve="custom", custom=(2.0,))) is first
@@ -381,7 +381,7 @@ def test_a_zero_weight_costs_no_rows():
     assert step.with_uncond is False and step.negatives == ()
     step = engine.plan(Recipe(negatives=(zero, half, zero)), engine.new_run(SCHEDULE), 5.0, SCHEDULE[0], 2)
     assert step.negatives == (1,)
-    step = engine.plan(Recipe(perturbations=(PerturbedAttention(0.0), PerturbedAttention(2.0))),
+    step = engine.plan(Recipe(perturbations=(Perturbation(scale=0.0), Perturbation(scale=2.0))),
                        engine.new_run(SCHEDULE), 1.0, SCHEDULE[0], 2)
     assert step.with_uncond is False and step.perturbed == (1,)
 
@@ -389,7 +389,7 @@ def test_a_zero_weight_costs_no_rows():
 def test_combine_applies_each_computed_negative_and_pag_term_by_index():
     d_c, d_u, d_n, p1, p2 = tensors(77, count=5)
     recipe = Recipe(negatives=(ExtraNegative("zero", 0.0), ExtraNegative("n", 0.4)),
-                    perturbations=(PerturbedAttention(2.0), PerturbedAttention(0.0), PerturbedAttention(0.5)))
+                    perturbations=(Perturbation(scale=2.0), Perturbation(scale=0.0), Perturbation(scale=0.5)))
     step = engine.plan(recipe, engine.new_run(SCHEDULE), 6.0, SCHEDULE[0], 3)
     assert step.negatives == (1,) and step.perturbed == (0, 2)
     out = engine.combine(recipe, step, d_c, d_u, [d_n], [p1, p2])

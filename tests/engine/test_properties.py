@@ -19,7 +19,7 @@ from guiders.cfg import cfg
 from guiders.cfg_pp import Level, ancestral_levels, ddim_step, dpmpp_2m_step, dpmpp_2s_midpoint, dpmpp_2s_stage
 from guiders.engine import Recipe
 from guiders.negatives import ExtraNegative, negative_direction
-from guiders.pag import PerturbedAttention, pag_term
+from guiders.perturbation import Perturbation, perturbation_term, rescaled
 from guiders.schedule import CURVES, MCMONKEY_CURVES, ScaleSchedule
 from guiders.skip import CFGSkip, noise_cosine
 from guiders.steps import StepTracker, interval_step
@@ -115,11 +115,20 @@ def test_negative_direction_on_a_large_fp16_latent():
 
 @FAST
 @given(triples(), scales)
-def test_pag_term(tensors3, scale):
+def test_perturbation_term(tensors3, scale):
     cond, _, perturbed = tensors3
-    assert_like(pag_term(cond, perturbed, scale), cond)
-    assert_rows_independent(lambda c, p: pag_term(c, p, scale), cond, perturbed)
-    assert not pag_term(cond, perturbed, 0.0).any()
+    assert_like(perturbation_term(cond, perturbed, scale), cond)
+    assert_rows_independent(lambda c, p: perturbation_term(c, p, scale), cond, perturbed)
+    assert not perturbation_term(cond, perturbed, 0.0).any()
+
+
+@FAST
+@given(triples(), st.floats(0, 1))
+def test_rescaled(tensors3, rescale):
+    guided, cond, _ = tensors3
+    assert_like(rescaled(guided, cond, rescale), guided)
+    assert_rows_independent(lambda g, c: rescaled(g, c, rescale), guided, cond)
+    assert torch.equal(rescaled(guided, cond, 0.0), guided)
 
 
 # --- dynamic thresholding --------------------------------------------------------------------------------------------
@@ -222,8 +231,10 @@ def recipes(draw) -> Recipe:
         recipe = recipe.adding(ExtraNegative(None, draw(st.floats(0, 3)), draw(st.sampled_from(["subtract",
                                                                                                 "perpendicular"]))))
     if draw(st.booleans()):
-        recipe = recipe.adding(PerturbedAttention(draw(st.floats(0, 5)), start_percent=draw(st.floats(0, 1)),
-                                                  end_percent=draw(st.floats(0, 1))))
+        high = draw(st.floats(0, 20))
+        recipe = recipe.adding(Perturbation(draw(st.sampled_from(["pag", "seg", "skip"])), draw(st.floats(0, 5)),
+                                            sigma_high=high, sigma_low=draw(st.floats(0, high)),
+                                            adaptive_scale=draw(st.floats(0, 1)), rescale=draw(st.floats(0, 1))))
     if draw(st.booleans()):
         recipe = recipe.adding(draw(threshold_settings()))
     return recipe
@@ -257,9 +268,9 @@ def test_plan_identities(recipe, cfg_scale):
             assert not plan.with_uncond  # scale 1 drops the uncond
         if recipe.skip is not None and recipe.skip.start_percent > recipe.skip.end_percent:
             assert not plan.with_uncond  # an empty window guides no step
-        for index, pag in enumerate(recipe.perturbations):
-            if pag.scale == 0 or pag.start_percent > pag.end_percent:
-                assert index not in plan.perturbed  # weight 0 or an empty window: no perturbed rows
+        for index, perturbation in enumerate(recipe.perturbations):
+            if perturbation.scale == 0 or not perturbation.sigma_low <= sigma <= perturbation.sigma_high:
+                assert index not in plan.perturbed  # weight 0 or outside the window: no perturbed rows
         assert all(recipe.negatives[index].scale != 0 for index in plan.negatives)  # weight 0: no rows
 
 

@@ -10,7 +10,7 @@ import torch
 from guiders import engine
 from guiders.engine import Recipe
 from guiders.negatives import ExtraNegative
-from guiders.pag import PerturbedAttention
+from guiders.perturbation import Perturbation
 from guiders.threshold import DynamicThreshold
 from guiders.trace import Recorder, Trace
 
@@ -24,7 +24,7 @@ def tensors(seed: int, count: int, shape=(2, 4, 6, 6)) -> list[torch.Tensor]:
 
 def test_an_evaluation_is_recorded_as_it_was_computed():
     recipe = Recipe(threshold=DynamicThreshold(mimic_scale=2.0), negatives=(ExtraNegative("n", 0.5),),
-                    perturbations=(PerturbedAttention(scale=1.5), PerturbedAttention(scale=0.5)))
+                    perturbations=(Perturbation(scale=1.5), Perturbation(scale=0.5)))
     d_c, d_u, d_n, d_p, d_q = tensors(1, 5)
     run = engine.new_run(SCHEDULE, trace=Trace(4))
     step = engine.plan(recipe, run, 9.0, SCHEDULE[1], 2)
@@ -99,7 +99,7 @@ def test_without_a_trace_nothing_is_measured(monkeypatch):
         raise AssertionError("measured without a trace")
 
     monkeypatch.setattr(engine, "record", measured)
-    recipe = Recipe(threshold=DynamicThreshold(), perturbations=(PerturbedAttention(scale=1.0),))
+    recipe = Recipe(threshold=DynamicThreshold(), perturbations=(Perturbation(scale=1.0),))
     d_c, d_u, d_p = tensors(5, 3)
     step = engine.plan(recipe, engine.new_run(SCHEDULE), 5.0, SCHEDULE[0], 2)
     engine.combine(recipe, step, d_c, d_u, (), [d_p])
