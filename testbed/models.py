@@ -250,13 +250,17 @@ def newer_params(params_class: type, defaults: dict[str, Any]) -> dict[str, Any]
 
 @cache
 def hunyuan_video_weights() -> dict[str, torch.Tensor]:
-    """A HunyuanVideo of 2 double + 2 single blocks that detection identifies as HunyuanVideo, fp32."""
+    """A HunyuanVideo of 2 double + 2 single blocks that detection identifies as HunyuanVideo, fp32, in the
+    checkpoints' key format on every ComfyUI version: QK-norm gains named "….scale" (0.33's modules are torch
+    RMSNorms, "….weight", and its loader renames the checkpoints' ".scale" to that)."""
     import comfy.ops
     from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
     config = HUNYUAN_VIDEO_CONFIG | newer_params(HunyuanVideoParams, {"meanflow_sum": False})
     model = HunyuanVideo(**config, device="meta", operations=comfy.ops.disable_weight_init)
-    return random_weights(model, "hunyuan_video")
+    weights = random_weights(model, "hunyuan_video")
+    return {key.removesuffix("_norm.weight") + "_norm.scale" if key.endswith("_norm.weight") else key: tensor
+            for key, tensor in weights.items()}
 
 
 @cache
