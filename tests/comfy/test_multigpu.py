@@ -33,19 +33,18 @@ def split_over_two_devices(model):
     return split
 
 
-def steer_patched(steer_nodes, model, bed):
+def steer_patched(patch, model, bed):
     """An extra negative and PAG on `model`: four entries per evaluation (cond, uncond, extra negative, perturbed)."""
-    model = steer_nodes["SteerNegative"].execute(model, bed.positive, 0.6, "subtract").result[0]
-    return steer_nodes["SteerPAG"].execute(model, 3.0, "middle.0", 0.0, 1.0).result[0]
+    return patch(patch(model, "SteerNegative", negative=bed.positive, scale=0.6), "SteerPAG", scale=3.0)
 
 
 @pytest.mark.parametrize("steer_first", [False, True], ids=["split-then-steer", "steer-then-split"])
-def test_steer_branches_through_the_multigpu_path_give_the_same_latents(sd15_bed, steer_nodes, steer_first):
+def test_steer_branches_through_the_multigpu_path_give_the_same_latents(sd15_bed, patch, steer_first):
     bed = sd15_bed
-    expected = ksampler(steer_patched(steer_nodes, bed.model, bed), bed.positive, bed.negative, 5.0, "euler",
+    expected = ksampler(steer_patched(patch, bed.model, bed), bed.positive, bed.negative, 5.0, "euler",
                         bed.latent(2), steps=4)
-    model = (split_over_two_devices(steer_patched(steer_nodes, bed.model, bed)) if steer_first
-             else steer_patched(steer_nodes, split_over_two_devices(bed.model), bed))
+    model = (split_over_two_devices(steer_patched(patch, bed.model, bed)) if steer_first
+             else steer_patched(patch, split_over_two_devices(bed.model), bed))
     (second,) = model.get_additional_models_with_key("multigpu")
     with model_calls(bed.model) as first_rows, model_calls(second) as second_rows:
         actual = ksampler(model, bed.positive, bed.negative, 5.0, "euler", bed.latent(2), steps=4)
