@@ -11,6 +11,7 @@ import torch
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
 from testbed.comfy import MODELS
+from testbed.models import newer_params
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,11 @@ FULL_SIZE = {
                                                        "n_kv_heads": 8, "cap_feat_dim": 2304, "qk_norm": True,
                                                        "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512]}, True),
 }
+# Params that newer ComfyUI versions added to those models (0.8: Flux's and Chroma's text-id axes, Chroma's vec_in_dim;
+# 0.33: HunyuanVideo's meanflow_sum), with the values detection gives these full-size models.
+NEWER_PARAMS = {"Flux": ("FluxParams", {"txt_ids_dims": []}),
+                "Chroma": ("ChromaParams", {"txt_ids_dims": [], "vec_in_dim": None}),
+                "HunyuanVideo": ("HunyuanVideoParams", {"meanflow_sum": False})}
 
 
 def _patcher(diffusion_model: torch.nn.Module):
@@ -67,8 +73,11 @@ def test_model_info_names_the_blocks_the_nodes_accept(steer: ModuleType, preview
     import comfy.ops
 
     module, name, kwargs, flow = FULL_SIZE[family]
-    model = getattr(importlib.import_module(module), name)(**kwargs, device="meta",
-                                                           operations=comfy.ops.disable_weight_init)
+    module = importlib.import_module(module)
+    if family in NEWER_PARAMS:
+        params, neutral = NEWER_PARAMS[family]
+        kwargs = kwargs | newer_params(getattr(module, params), neutral)
+    model = getattr(module, name)(**kwargs, device="meta", operations=comfy.ops.disable_weight_init)
     architecture = steer.nodes.architectures.architecture_of(_patcher(model))
     keys = [prefix + key for key in model.state_dict()] + ["first_stage_model.decoder.conv_in.weight"]
     info = preview.model_info(keys)
