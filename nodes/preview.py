@@ -42,7 +42,8 @@ TWO_STREAM = ((re.compile(r"double_blocks\.(\d+)\."), "double"), (re.compile(r"s
 DIT_FAMILIES: tuple[tuple[str, str, str, tuple[tuple[re.Pattern[str], str], ...]], ...] = (
     ("HunyuanVideo", "txt_in.individual_token_refiner.blocks.0.norm1.weight", "HunyuanVideo", TWO_STREAM),
     ("Chroma", "distilled_guidance_layer.", "Chroma", TWO_STREAM),
-    ("Flux", "double_blocks.0.img_attn.norm.key_norm.scale", "Flux", TWO_STREAM),
+    # Its QK-norm gain ends in .scale in checkpoints, in .weight as ComfyUI 0.33 names it; detection takes both.
+    ("Flux", "double_blocks.0.img_attn.norm.key_norm.", "Flux", TWO_STREAM),
     ("SD3", "joint_blocks.0.context_block.attn.qkv.weight", "SD3 MMDiT",
      ((re.compile(r"joint_blocks\.(\d+)\."), "double"),)),
     ("Wan", "head.modulation", "Wan", ((re.compile(r"blocks\.(\d+)\."), "double"),)),
