@@ -410,6 +410,15 @@ EXAMPLES: dict[str, Example] = {example.key: example for example in (
 )}
 
 
+def cannot_load_here(key: str, object_info: dict[str, Any]) -> str | None:
+    """Why example `key` cannot load on the running ComfyUI (its `/object_info`), or None. Saved widget values are
+    positional: the training example is saved for the TrainLoraNode of ComfyUI 0.3.75–0.8 (MODEL output); ComfyUI
+    0.33 inserted five widgets into it and dropped that output (README, "ComfyUI versions")."""
+    if EXAMPLES[key].training and "MODEL" not in object_info.get("TrainLoraNode", {}).get("output", ["MODEL"]):
+        return "this ComfyUI's TrainLoraNode has other widgets and no MODEL output; the example is saved for 0.3.75–0.8"
+    return None
+
+
 def main() -> None:
     """Regenerate example_workflows/: every example's UI file and thumbnail; files of examples gone are removed."""
     from testbed.server import ComfyServer

@@ -24,7 +24,7 @@ import pytest
 from guiders.schedule import ScaleSchedule
 from guiders.skip import CFGSkip
 from testbed.comfy import BASE, ROOT
-from testbed.examples import EXAMPLES, Example, write_dataset
+from testbed.examples import EXAMPLES, Example, cannot_load_here, write_dataset
 from testbed.server import ComfyServer
 from testbed.swap import TESTBED_BLOCKS, TESTBED_STEPS, TESTBED_VALUES
 from testbed.thumbnails import discrete_sigmas, percent_to_sigma, schedule
@@ -171,6 +171,8 @@ def test_baseline_load_is_not_silent(baseline: set[str]) -> None:
 @pytest.mark.parametrize("key", list(EXAMPLES))
 def test_example_in_the_browser(browser: Any, server: ComfyServer, baseline: set[str], object_info: dict[str, Any],
                                 pack: str, results: Path, key: str) -> None:
+    if reason := cannot_load_here(key, object_info):
+        pytest.skip(reason)
     example: Example = EXAMPLES[key]
     workflow = json.loads(example.path.read_text())
     page = Page(browser, server)
@@ -285,8 +287,10 @@ OVERLAPS_JS = """() => { const rects = app.graph.nodes.map(n => [n.title, [...n.
 
 
 @pytest.mark.parametrize("key", list(EXAMPLES))
-def test_no_node_is_drawn_over_another(graph_page: Any, key: str) -> None:
+def test_no_node_is_drawn_over_another(graph_page: Any, object_info: dict[str, Any], key: str) -> None:
     """With what js/steer.js adds (previews, presets) and hides, the example's nodes still do not overlap."""
+    if reason := cannot_load_here(key, object_info):
+        pytest.skip(reason)
     load(graph_page.page, key, swap=False)
     assert not graph_page.page.evaluate(OVERLAPS_JS)
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from testbed import run_example
 from testbed.comfy import BASE, ROOT
-from testbed.examples import EXAMPLES, EXAMPLES_DIR, write_dataset
+from testbed.examples import EXAMPLES, EXAMPLES_DIR, cannot_load_here, write_dataset
 from testbed.server import ComfyServer
 from testbed.swap import for_testbed, steer_branch
 from testbed.workflow import api_to_ui, default_value, input_specs, is_widget, ui_to_api
@@ -206,6 +206,8 @@ def test_example_is_what_testbed_examples_defines(workflows: dict[str, dict[str,
     """The UI file's Steer side converts back with ui_to_api to its definition (after editing that, run
     `python -m testbed.examples`); on a newer ComfyUI, widgets a node gained since the file was saved hold their
     defaults, as the front end gives them."""
+    if reason := cannot_load_here(name, object_info):
+        pytest.skip(reason)
     example = EXAMPLES[name]
     defined = for_testbed(example.build(example.family))
     loaded = copy.deepcopy(workflows[name])
@@ -238,10 +240,13 @@ def test_example_runs(example_pixels: Callable[[str], np.ndarray], name: str) ->
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING_EXAMPLES))
-def test_training_example_runs(server: ComfyServer, workflows: dict[str, dict[str, Any]], name: str) -> None:
+def test_training_example_runs(server: ComfyServer, workflows: dict[str, dict[str, Any]], object_info: dict[str, Any],
+                               name: str) -> None:
     """Queued as the web UI would, the training example (TrainLoraNode loaded by ComfyUI itself, the dataset
     encoded by MakeTrainingDataset) saves a LoRA file named after it, with finite weights that training moved off
     their zero init."""
+    if reason := cannot_load_here(name, object_info):
+        pytest.skip(reason)
     from safetensors.torch import load_file
 
     loras = server.output_dir / "loras"
