@@ -19,11 +19,7 @@ from comfy_extras.nodes_sag import SelfAttentionGuidance
 import nodes
 from testbed.comfy import MODELS
 from testbed.models import SD15_CONTROLNET
-from testbed.sampling import ksampler, model_calls
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
+from testbed.sampling import ksampler, model_calls, relative_error
 
 
 def apply(steer_nodes, model, node_id: str, **inputs):

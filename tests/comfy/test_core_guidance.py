@@ -34,7 +34,7 @@ from comfy_extras.nodes_video_model import VideoLinearCFGGuidance, VideoTriangle
 
 from testbed.families import load_family
 from testbed.perturbations import reference_options
-from testbed.sampling import core_guider, custom_advanced, ksampler, mimic_threshold, run
+from testbed.sampling import core_guider, custom_advanced, ksampler, mimic_threshold, relative_error, run
 
 CFG = 6.0
 STEPS = 4
@@ -198,10 +198,6 @@ class Composed(comfy.samplers.CFGGuider):
             options = set_model_options_patch_replace(model_options.copy(), lambda q, k, v, extra: v, "attn1",
                                                       "middle", 0, 0)
         return calc_cond_batch(self.inner_model, [self.conds["positive"]], x, timestep, options)[0]
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 @pytest.mark.parametrize("patch_name", PATCHES)

@@ -12,11 +12,7 @@ from comfy_extras.nodes_perpneg import PerpNegGuider
 
 from testbed.families import load_family
 from testbed.memory import peak_cpu_bytes
-from testbed.sampling import core_guider, ksampler, model_calls, sigmas
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
+from testbed.sampling import core_guider, ksampler, model_calls, relative_error, sigmas
 
 
 def force_free_memory(monkeypatch, model_patcher, shape: tuple[int, ...]) -> None:

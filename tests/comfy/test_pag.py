@@ -8,13 +8,7 @@ import pytest
 import torch
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
-from testbed.sampling import custom_advanced, ksampler, model_calls
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """‖actual − expected‖ / ‖expected‖. Batches of different sizes round differently and the random test models
-    amplify that in single elements, so results computed in differently split calls are compared as a whole."""
-    return ((actual - expected).norm() / expected.norm()).item()
+from testbed.sampling import custom_advanced, ksampler, model_calls, relative_error
 
 
 def one_entry_per_call(monkeypatch, bed) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from testbed.families import load_family
 from testbed.perturbations import Branch, PerturbedReference
-from testbed.sampling import custom_advanced, ksampler, model_calls, sigmas
+from testbed.sampling import custom_advanced, ksampler, model_calls, relative_error, sigmas
 
 STEPS = 3
 NODES = {"pag": "SteerPAG", "seg": "SteerSEG", "skip": "SteerSkipLayer"}
@@ -70,9 +70,6 @@ def test_batched_branch_equals_a_separate_call(steer_nodes, name, kind, blocks, 
     plain = ksampler(family.model, family.positive, family.negative, CFG, "euler", latent, steps=STEPS)
     assert ((via_ksampler - plain).norm() / plain.norm()).item() > 1e-3
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 SLG_CASES = [("sd3", "double.0", "0", ""), ("flux", "double.0, single.0", "0", "0"), ("wan", "double.0", "0", ""),
