@@ -14,6 +14,7 @@ with an attention override for the PAG / SEG rows, then passes the block's input
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import comfy.ldm.modules.attention as attention
@@ -134,11 +135,12 @@ def _dit_block(previous, rows: dict[int, Perturbation], architecture: Architectu
             override = _attention_override(options.get("optimized_attention_override"), chunks, attending,
                                            architecture, grid, image_tokens)
             call = args | {"transformer_options": options | {"optimized_attention_override": override}}
-        if not any(index in skipping for index in chunks):
-            return previous(call, extra) if previous is not None else extra["original_block"](call)
+        skips = any(index in skipping for index in chunks)
         # Blocks may update their inputs in place (Flux's do): keep what the skipped rows pass through.
-        inputs = {key: args[key].clone() for key in ("img", "txt") if isinstance(args.get(key), torch.Tensor)}
+        inputs = {key: args[key].clone() for key in ("img", "txt") if skips and isinstance(args.get(key), torch.Tensor)}
         out = previous(call, extra) if previous is not None else extra["original_block"](call)
+        if not skips:
+            return out
         batch = args["img"].shape[0]
         skipped = torch.zeros(batch, dtype=torch.bool)
         for index, part in _chunk_rows(chunks, batch):
@@ -241,16 +243,14 @@ def _perturbed_attention(earlier: Callable | None, func, args, kwargs, chunks: S
     if not pag:
         return out
     out = out.clone()
-    mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+    key_mask = _key_mask(kwargs.get("mask", args[4] if len(args) > 4 else None)) if architecture.joint else None
     for part in pag:
         if not architecture.joint:
             out[part] = identity_attention(v[part]).reshape(out[part].shape)
             continue
         qh, kh, vh = (_heads_first(t[part], heads) if token_major else t[part] for t in (q, k, v))
-        key_mask = _key_mask(mask)
-        if key_mask is not None and key_mask.shape[0] > 1:
-            key_mask = key_mask[part]
-        out[part, image] = joint_identity_attention(qh, kh, vh, image, key_mask).transpose(1, 2).reshape(
+        rows_mask = key_mask[part] if key_mask is not None and key_mask.shape[0] > 1 else key_mask
+        out[part, image] = joint_identity_attention(qh, kh, vh, image, rows_mask).transpose(1, 2).reshape(
             out[part, image].shape)
     return out
 
@@ -263,9 +263,7 @@ def _image_slice(architecture: Architecture, length: int, image_tokens: int) -> 
 
 def _main_image(architecture: Architecture, image: slice, grid: tuple[int, ...]) -> slice:
     """The main image's tokens within `image` (reference-image tokens, where present, sit before or after them)."""
-    count = 1
-    for side in grid:
-        count *= side
+    count = math.prod(grid)
     available = image.stop - image.start
     if available < count:
         raise RuntimeError(f"Steer SEG: {available} image tokens cannot hold the {'×'.join(map(str, grid))} grid")
