@@ -22,7 +22,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy.model_patcher import set_model_options_patch_replace
 from comfy.samplers import calc_cond_batch
 
-from .seg_reference import seg_blur
+from .references import joint_pag, seg_blur
 
 
 def layout(family: str, model) -> tuple[bool, bool]:
@@ -67,10 +67,7 @@ def _attention(order: tuple[bool, bool], kind: str, sigma: float, grid: tuple[in
     elif not joint:
         out = vh
     else:
-        mask = torch.zeros(length, length)
-        mask[image, image] = float("-inf")
-        mask[image, image].fill_diagonal_(0)
-        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+        out = joint_pag(qh, kh, vh, image)
     return out.transpose(1, 2).reshape(b, length, -1)
 
 

@@ -11,7 +11,7 @@ from guiders.pag import joint_identity_attention
 from guiders.perturbation import Perturbation, format_block, parse_blocks, perturbation_term, rescaled
 from guiders.seg import blur_queries
 from guiders.skip_layer import skip_rows
-from testbed.seg_reference import seg_blur
+from testbed.references import joint_pag, seg_blur
 
 
 def test_block_grammar():
@@ -61,12 +61,8 @@ def test_rescale_is_per_image_and_matches_core_at_batch_1():
 
 
 def diffusers_joint_pag(q, k, v, image: slice) -> torch.Tensor:
-    """diffusers' PAGJointAttnProcessor2_0: −inf on the image×image block except its diagonal, SDPA."""
-    length = q.shape[-2]
-    mask = torch.zeros(length, length)
-    mask[image, image] = float("-inf")
-    mask[image, image].fill_diagonal_(0)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)[..., image, :]
+    """diffusers' PAGJointAttnProcessor2_0's outputs for the image queries."""
+    return joint_pag(q, k, v, image)[..., image, :]
 
 
 @pytest.mark.parametrize("text_first", [True, False])

@@ -1,6 +1,10 @@
-"""SEG's query blur as its reference code writes it (github.com/SusungHong/SEG-SDXL, pipeline_seg.py): a 2-D Gaussian
-kernel (outer product, `ceil(6σ)+1` taps made odd, cut to the image as that code cuts it), reflect padding and one
-`conv2d`, per frame; σ = ∞: the mean query. Pure torch, for the engine tests and testbed/perturbations.py."""
+"""The methods as their reference code writes them, in pure torch (for the engine tests and testbed/perturbations.py):
+
+- SEG's query blur (github.com/SusungHong/SEG-SDXL, pipeline_seg.py): a 2-D Gaussian kernel (outer product,
+  `ceil(6σ)+1` taps made odd, cut to the image as that code cuts it), reflect padding and one `conv2d`, per frame;
+  σ = ∞: the mean query;
+- PAG on joint text–image attention (diffusers' `PAGJointAttnProcessor2_0`): an additive mask, −inf on the
+  image×image block except its diagonal, through torch's scaled_dot_product_attention."""
 
 from __future__ import annotations
 
@@ -34,3 +38,12 @@ def seg_blur(q: torch.Tensor, grid: tuple[int, ...], sigma: float) -> torch.Tens
         x = torch.nn.functional.pad(x, [pad] * 4, mode="reflect")
         x = torch.nn.functional.conv2d(x, kernel.expand(shape[-1], 1, *kernel.shape).contiguous(), groups=shape[-1])
     return x.reshape(-1, frames, shape[-1], height, width).permute(0, 1, 3, 4, 2).reshape(shape)
+
+
+def joint_pag(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, image: slice) -> torch.Tensor:
+    """Attention [batch, heads, tokens, dim] where each image query attends to the text and to itself only."""
+    length = q.shape[-2]
+    mask = torch.zeros(length, length)
+    mask[image, image] = float("-inf")
+    mask[image, image].fill_diagonal_(0)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
