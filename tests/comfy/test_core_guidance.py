@@ -136,7 +136,7 @@ class Composed(comfy.samplers.CFGGuider):
         self.extra = (bed.positive if bed.channels == 4 else bed.third) if case.node == "SteerNegative" else None
         if self.extra is not None:
             self.inner_set_conds({"extra": self.extra})
-        self.image_tokens = (bed.latent(1).shape[-1] // 2) ** 2 if bed.channels == 16 else 0
+        self.mmdit = bed.channels == 16  # the one-block SD3 (else the in-process UNet)
 
     def step_scale(self, step: int, steps: int) -> float:
         if self.case.node == "SteerScaleSchedule":
@@ -191,7 +191,7 @@ class Composed(comfy.samplers.CFGGuider):
     def perturbed(self, x, timestep, model_options):
         """D̂_c in a call of its own: identity self-attention in the UNet's middle block (PAG's default), or, on the
         one-block SD3 MMDiT, diffusers' joint-attention PAG in its block (testbed/perturbations.py)."""
-        if self.image_tokens:
+        if self.mmdit:
             options = reference_options(model_options, "sd3", "pag", (("double", 0, None),), tuple(x.shape[2:]),
                                         (2, 2), text_tokens=0)
         else:  # keyed with the transformer index too: ComfyUI prefers that key, and SAG registers its patch under it
