@@ -99,7 +99,10 @@ def architecture_of_keys(keys: list[str]) -> tuple[str, Architecture | None]:
 def model_info(keys: list[str]) -> dict[str, Any]:
     """Family, whether it samples by flow, the architecture name of nodes/perturbing.py's defaults and the block names
     ("input.4", "middle.0", "output.0.0–9"; "double.0–18", "single.0–37"), from state-dict keys."""
-    family, architecture = architecture_of_keys(keys)
+    return _info(*architecture_of_keys(keys))
+
+
+def _info(family: str, architecture: Architecture | None) -> dict[str, Any]:
     if architecture is None:
         return {"family": family, "flow": False, "architecture": None, "blocks": []}
     return {"family": family, "flow": not architecture.unet, "architecture": architecture.name,
@@ -179,8 +182,8 @@ def _perturbation(kind: str, values: dict[str, Any], steps: int | None, schedule
     blocks_text = None if text.strip() == AUTO else text
     problem, info = None, None
     if keys is not None:
-        info = model_info(keys)
-        _, architecture = architecture_of_keys(keys)
+        family, architecture = architecture_of_keys(keys)
+        info = _info(family, architecture)
         if architecture is None:
             problem = f"not a family perturbation guidance reaches; it works on {', '.join(SUPPORTED)}"
         else:
