@@ -138,11 +138,10 @@ def _dit_cases(steer: dict[str, type], family, double: str, single: str) -> list
     import comfy.samplers
     from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 
+    from testbed.sampling import core_guider
+
     def core(m):
-        guider = comfy.samplers.CFGGuider(m)
-        guider.set_conds(family.positive, family.negative)
-        guider.set_cfg(4.0)
-        return guider
+        return core_guider(m, family, 4.0)
 
     blocks = ", ".join([f"double.{n}" for n in double.split(",") if n]
                        + [f"single.{n}" for n in single.split(",") if n])
