@@ -96,6 +96,11 @@ def _numbered(double: int, single: int = 0) -> dict[tuple[str, int], int]:
     return {**{("double", n): 1 for n in range(double)}, **{("single", n): 1 for n in range(single)}}
 
 
+def _two_stream(name: str, model, **layout) -> Architecture:
+    """Flux-like models: double-stream blocks, then single-stream blocks over the joint sequence."""
+    return Architecture(name, _numbered(len(model.double_blocks), len(model.single_blocks)), **layout)
+
+
 def _patch(model, spatial_only: bool) -> tuple[int, ...]:
     patch = model.patch_size
     patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
@@ -117,18 +122,15 @@ def architecture_of(model_patcher) -> Architecture:
 def _read(model) -> Architecture:
     if isinstance(model, UNetModel):
         return _unet(model)
-    def two_stream(name: str, **layout):
-        return lambda m: Architecture(name, _numbered(len(m.double_blocks), len(m.single_blocks)), **layout)
-
     families = (
         ("comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT",
          lambda m: Architecture("SD3 MMDiT", _numbered(len(m.joint_blocks)), patch=_patch(m, True))),
-        ("comfy.ldm.chroma.model", "Chroma", lambda m: two_stream("Chroma", patch=_patch(m, True))(m)),
-        ("comfy.ldm.flux.model", "Flux", lambda m: two_stream("Flux", patch=_patch(m, True))(m)),
+        ("comfy.ldm.chroma.model", "Chroma", lambda m: _two_stream("Chroma", m, patch=_patch(m, True))),
+        ("comfy.ldm.flux.model", "Flux", lambda m: _two_stream("Flux", m, patch=_patch(m, True))),
         # 0.3.75 orders HunyuanVideo's tokens [image, text]; later versions [text, image], as Flux does.
         ("comfy.ldm.hunyuan_video.model", "HunyuanVideo",
-         lambda m: two_stream("HunyuanVideo", refs_first=True, patch=_patch(m, False), text_first=not any(
-             getattr(block, "flipped_img_txt", False) for block in m.double_blocks))(m)),
+         lambda m: _two_stream("HunyuanVideo", m, refs_first=True, patch=_patch(m, False), text_first=not any(
+             getattr(block, "flipped_img_txt", False) for block in m.double_blocks))),
         ("comfy.ldm.wan.model", "WanModel",
          lambda m: Architecture("Wan", _numbered(len(m.blocks)), joint=False, refs_first=True, patch=_patch(m, False))),
         ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel",
