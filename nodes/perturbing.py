@@ -72,6 +72,8 @@ def _cross(values: Values) -> None:
             and values["sigma_end"] > values["sigma_start"]:
         raise ValueError(f"input 'sigma_end' ({values['sigma_end']}) must not exceed sigma_start "
                          f"({values['sigma_start']}); −1 leaves either open")
+    if values.get("blur_sigma") == 0:
+        raise ValueError("input 'blur_sigma' (0) blurs nothing; use −1 (infinite) or a value in 0.01–10000")
     if values.get("blocks") is not None and values["blocks"].strip() != AUTO:
         try:
             parse_blocks(values["blocks"])

@@ -37,14 +37,9 @@ class SteerSEG(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **values) -> bool | str:
-        if values.get("blur_sigma") == 0:
-            return "Steer Smoothed Energy Guidance (SteerSEG): input 'blur_sigma' (0) blurs nothing; use −1 " \
-                   "(infinite) or a value in 0.01–10000"
         return validate(cls, values)
 
     @classmethod
     def execute(cls, model, blur_sigma: float, **values) -> io.NodeOutput:
-        if blur_sigma == 0:
-            raise ValueError(cls.validate_inputs(blur_sigma=0))
         return patched(cls, "seg", model, values | {"blur_sigma": blur_sigma},
                        blur_sigma=math.inf if blur_sigma < 0 else blur_sigma)
