@@ -14,6 +14,7 @@ and add an `Example` to EXAMPLES; the position in EXAMPLES is the card's number.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -273,8 +274,12 @@ def write_dataset(input_dir: Path, images: int = 2, size: int = 64) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(images):
         colour = (40 + 90 * index, 120, 200 - 80 * index)
-        Image.new("RGB", (size, size), colour).save(folder / f"{index}.png")
-        (folder / f"{index}.txt").write_text(f"a flat colour swatch, number {index}")
+        # Written beside and renamed over: a server in another test worker may be reading the same files.
+        scratch = folder / f".{index}.{os.getpid()}"
+        Image.new("RGB", (size, size), colour).save(scratch, format="PNG")
+        os.replace(scratch, folder / f"{index}.png")
+        scratch.write_text(f"a flat colour swatch, number {index}")
+        os.replace(scratch, folder / f"{index}.txt")
     return folder
 
 

@@ -51,9 +51,13 @@ class ComfyServer:
     """Context manager around one ComfyUI process with Steer loaded from the test bed's base directory."""
 
     def __init__(self, output_dir: Path, log_path: Path | None = None, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = (), base: Path = BASE) -> None:
-        """`base`: the --base-directory (custom_nodes/, models/ ...), the test bed's unless given."""
+                 extra_args: tuple[str, ...] = (), base: Path = BASE, temp_parent: Path | None = None) -> None:
+        """`base`: the --base-directory (custom_nodes/, models/ ...), the test bed's unless given. `temp_parent`: where
+        ComfyUI keeps its temp/ folder (previews), which it empties when it starts and stops: base/ unless given, so
+        servers running side by side (pytest-xdist workers) each need their own."""
         self.base = base
+        self.temp_dir = (temp_parent or base).resolve() / "temp"
+        self.temp_args = ("--temp-directory", str(temp_parent.resolve())) if temp_parent else ()
         self.output_dir = Path(output_dir).resolve()
         self.log_path = Path(log_path) if log_path else self.output_dir / "comfyui.log"
         self.startup_timeout = startup_timeout
@@ -78,7 +82,8 @@ class ComfyServer:
         python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
         command = [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                    "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-                   "--base-directory", str(self.base), "--output-directory", str(self.output_dir), *self.extra_args]
+                   "--base-directory", str(self.base), "--output-directory", str(self.output_dir),
+                   *self.temp_args, *self.extra_args]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
@@ -190,6 +195,6 @@ class ComfyServer:
                       f"{data['exception_message'].strip()}"
                       for kind, data in outcome.get("messages", []) if kind == "execution_error"]
             raise PromptError(f"prompt {prompt_id} failed: {'; '.join(errors) or outcome}\n" + self.log_tail(), outcome)
-        folders = {"output": self.output_dir, "temp": self.base / "temp"}
+        folders = {"output": self.output_dir, "temp": self.temp_dir}
         return [folders[image["type"]] / image["subfolder"] / image["filename"]
                 for output in entry["outputs"].values() for image in output.get("images", [])]

@@ -34,7 +34,8 @@ STEER_NODES = ("SteerGuider", "SteerScaleSchedule", "SteerDynamicThreshold", "St
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     write_dataset(BASE / "input")  # the training example's image folder
-    with ComfyServer(tmp_path_factory.mktemp("comfyui")) as server:
+    tmp = tmp_path_factory.mktemp("comfyui")
+    with ComfyServer(tmp / "output", temp_parent=tmp) as server:
         yield server
 
 

@@ -21,7 +21,8 @@ LABELS = {"SteerScaleSchedule": "Steer Scale Schedule (SteerScaleSchedule)",
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    with ComfyServer(tmp_path_factory.mktemp("comfyui")) as server:
+    tmp = tmp_path_factory.mktemp("comfyui")
+    with ComfyServer(tmp / "output", temp_parent=tmp) as server:
         yield server
 
 
