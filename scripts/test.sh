@@ -10,4 +10,8 @@ cd "$root"
 validate="$(.venv/bin/comfy --skip-prompt --no-enable-telemetry node validate 2>&1)" || { echo "$validate"; exit 1; }
 echo "$validate"
 if grep -q "Security warnings" <<<"$validate"; then exit 1; fi
-exec .venv/bin/python -m pytest "$@"
+# One pytest worker per core (at most 4; STEER_TEST_WORKERS overrides, 0 runs in this process), each taking whole
+# test files so a file's server, browser and loaded models are set up once. Arguments after the command come last
+# and win, e.g. `bash scripts/test.sh -n 0 tests/engine`.
+workers="${STEER_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
