@@ -14,4 +14,8 @@ if grep -q "Security warnings" <<<"$validate"; then exit 1; fi
 # test files so a file's server, browser and loaded models are set up once. Arguments after the command come last
 # and win, e.g. `bash scripts/test.sh -n 0 tests/engine`.
 workers="${STEER_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+# One OpenMP thread per process, waiting passively: the test bed's tiny models gain nothing from intra-op threads,
+# and the workers, the ComfyUI servers they start and the browser share the cores; OpenMP threads spinning in one
+# process starve the others (the whole suite took over twice as long with torch's default of one per core).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
