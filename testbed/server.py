@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -51,13 +53,9 @@ class ComfyServer:
     """Context manager around one ComfyUI process with Steer loaded from the test bed's base directory."""
 
     def __init__(self, output_dir: Path, log_path: Path | None = None, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = (), base: Path = BASE, temp_parent: Path | None = None) -> None:
-        """`base`: the --base-directory (custom_nodes/, models/ ...), the test bed's unless given. `temp_parent`: where
-        ComfyUI keeps its temp/ folder (previews), which it empties when it starts and stops: base/ unless given, so
-        servers running side by side (pytest-xdist workers) each need their own."""
+                 extra_args: tuple[str, ...] = (), base: Path = BASE) -> None:
+        """`base`: the --base-directory (custom_nodes/, models/ ...), the test bed's unless given."""
         self.base = base
-        self.temp_dir = (temp_parent or base).resolve() / "temp"
-        self.temp_args = ("--temp-directory", str(temp_parent.resolve())) if temp_parent else ()
         self.output_dir = Path(output_dir).resolve()
         self.log_path = Path(log_path) if log_path else self.output_dir / "comfyui.log"
         self.startup_timeout = startup_timeout
@@ -66,6 +64,8 @@ class ComfyServer:
         self.url = f"http://{HOST}:{self.port}"
         self.client_id = uuid.uuid4().hex
         self._process: subprocess.Popen[bytes] | None = None
+        self._temp_parent: Path | None = None
+        self.temp_dir: Path | None = None  # ComfyUI's temp/ (previews), while the server runs
 
     def __enter__(self) -> ComfyServer:
         self.start()
@@ -78,12 +78,16 @@ class ComfyServer:
     def start(self) -> None:
         """Spawn ComfyUI and wait until GET /system_stats answers 200."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # A temp folder of its own: ComfyUI empties its temp folder when it starts and stops, so servers sharing the
+        # base directory's (side by side, as pytest-xdist workers run them) would delete each other's previews.
+        self._temp_parent = Path(tempfile.mkdtemp(prefix="steer-comfyui-"))
+        self.temp_dir = self._temp_parent / "temp"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
         command = [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                    "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
                    "--base-directory", str(self.base), "--output-directory", str(self.output_dir),
-                   *self.temp_args, *self.extra_args]
+                   "--temp-directory", str(self._temp_parent), *self.extra_args]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
@@ -107,16 +111,19 @@ class ComfyServer:
                           + self.log_tail())
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGINT (ComfyUI's clean shutdown), then SIGKILL if it has not exited within `timeout`."""
+        """SIGINT (ComfyUI's clean shutdown), then SIGKILL if it has not exited within `timeout`; its temp folder
+        goes."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._temp_parent is not None:
+            shutil.rmtree(self._temp_parent, ignore_errors=True)
+            self._temp_parent = None
 
     def log_tail(self, lines: int = 60) -> str:
         """The last `lines` lines of the server's log."""

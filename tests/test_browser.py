@@ -62,8 +62,7 @@ def _fresh_server(tmp: Path, base: Path) -> ComfyServer:
     settings = tmp / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    return ComfyServer(tmp / "output", base=base, temp_parent=tmp,
-                       extra_args=("--user-directory", str(tmp / "user")))
+    return ComfyServer(tmp / "output", base=base, extra_args=("--user-directory", str(tmp / "user")))
 
 
 @pytest.fixture(scope="module")

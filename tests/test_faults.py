@@ -29,8 +29,7 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    tmp = tmp_path_factory.mktemp("faults")
-    with ComfyServer(tmp / "output", temp_parent=tmp, extra_args=("--cache-none",)) as server:
+    with ComfyServer(tmp_path_factory.mktemp("faults"), extra_args=("--cache-none",)) as server:
         yield server
 
 

@@ -139,8 +139,7 @@ def cases_for(node: str, spec: dict[str, Any]) -> Iterator[Case]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    with ComfyServer(tmp / "output", temp_parent=tmp, extra_args=("--cache-none",)) as server:
+    with ComfyServer(tmp_path_factory.mktemp("fuzz"), extra_args=("--cache-none",)) as server:
         yield server
 
 

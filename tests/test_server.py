@@ -34,8 +34,7 @@ STEER_NODES = ("SteerGuider", "SteerScaleSchedule", "SteerDynamicThreshold", "St
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     write_dataset(BASE / "input")  # the training example's image folder
-    tmp = tmp_path_factory.mktemp("comfyui")
-    with ComfyServer(tmp / "output", temp_parent=tmp) as server:
+    with ComfyServer(tmp_path_factory.mktemp("comfyui")) as server:
         yield server
 
 

@@ -21,8 +21,7 @@ LABELS = {"SteerScaleSchedule": "Steer Scale Schedule (SteerScaleSchedule)",
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    tmp = tmp_path_factory.mktemp("comfyui")
-    with ComfyServer(tmp / "output", temp_parent=tmp) as server:
+    with ComfyServer(tmp_path_factory.mktemp("comfyui")) as server:
         yield server
 
 
